@@ -1,0 +1,118 @@
+"""JSON endpoints: products, holds, confirm and release. Thin: parse, call the domain, shape the answer."""
+
+import time
+
+from flask import Blueprint, current_app, jsonify, request
+from sqlalchemy import select
+
+from ..errors import InvalidInput, FlashsaleError
+from ..extensions import db, redis_store
+from ..inventory import catalog, holds
+from ..inventory.clock import db_now
+from ..inventory.stock import stock_levels
+from ..jobs import enqueue_confirmation, schedule_expiry
+from ..models import Product
+from ..ratelimits import hold_limits
+from .. import metrics
+from .serialise import hold_json, product_json
+
+bp = Blueprint("api", __name__, url_prefix="/api")
+HOLD_FIELDS = {"email", "quantity"}
+
+
+@bp.get("/products")
+def list_products():
+    """Every product with its derived stock and state."""
+    session = db.session
+    products = session.execute(select(Product).order_by(Product.sale_starts_at, Product.id)).scalars()
+    levels = stock_levels(session)
+    now = db_now(session)
+    return jsonify(products=[product_json(p, levels[p.id], now) for p in products])
+
+
+@bp.get("/products/<ref>")
+def get_product(ref):
+    """One product by id or slug."""
+    session = db.session
+    product = catalog.find_product(session, ref)
+    level = stock_levels(session, [product.id])[product.id]
+    return jsonify(product_json(product, level, db_now(session)))
+
+
+@bp.post("/products/<ref>/holds")
+@hold_limits
+def create_hold(ref):
+    """Place a two-minute hold: 201 new, 200 idempotent replay, 409/422/503 with a reason code."""
+    started = time.perf_counter()
+    body = json_body()
+    unknown = set(body) - HOLD_FIELDS
+    if unknown:
+        raise InvalidInput({name: "Unknown field." for name in sorted(unknown)})
+    policy = holds.HoldPolicy.from_config(current_app.config)
+    redis = redis_store.client
+    try:
+        placed = holds.place_hold(
+            db.session, redis, ref, body.get("email"), body.get("quantity", 1), policy,
+            request.headers.get("Idempotency-Key"),
+        )
+    except FlashsaleError as refusal:
+        metrics.record_outcome(redis, outcome_name(refusal),
+                               latency_ms=(time.perf_counter() - started) * 1000)
+        raise
+    if placed.created:
+        after_hold_created(placed)
+        metrics.record_outcome(redis, "created", placed.hold.product_id,
+                               latency_ms=(time.perf_counter() - started) * 1000,
+                               lock_wait_ms=placed.lock_wait_ms)
+    return jsonify(hold_json(placed.hold)), 201 if placed.created else 200
+
+
+def after_hold_created(placed):
+    """Schedule the hold's expiry; if Redis refuses, the sweeper and read-time expiry cover it."""
+    try:
+        schedule_expiry(redis_store.queue, placed.hold)
+    except Exception:  # noqa: BLE001 - the hold is committed; expiry is already decided by the clock
+        current_app.logger.warning("could not schedule expiry of %s", placed.hold.id)
+
+
+def outcome_name(refusal):
+    """The metrics outcome a refusal counts as."""
+    return {"sold_out": "sold_out", "unavailable": "busy", "rate_limited": "rate_limited"}.get(
+        refusal.code, "rejected")
+
+
+@bp.get("/holds/<hold_id>")
+def get_hold(hold_id):
+    """One hold by its token."""
+    return jsonify(hold_json(holds.get_hold(db.session, hold_id)))
+
+
+@bp.post("/holds/<hold_id>/confirm")
+def confirm_hold(hold_id):
+    """Queue the confirmation: 202 queued, 200 already confirmed, 409 hold_expired / hold_released."""
+    order, needs_job = holds.check_confirmable(db.session, hold_id)
+    if not needs_job:
+        return jsonify(hold_json(order)), 200
+    enqueue_confirmation(redis_store.queue, order)
+    return jsonify(hold_json(order)), 202
+
+
+@bp.post("/holds/<hold_id>/release")
+def release_hold(hold_id):
+    """Give the hold's units back at once."""
+    order = holds.release_hold(db.session, redis_store.client, hold_id)
+    metrics.record_outcome(redis_store.client, "released", order.product_id)
+    return jsonify(hold_json(order)), 200
+
+
+def json_body():
+    """The request's JSON object, or InvalidInput saying what is wrong with the body."""
+    if not request.is_json:
+        raise InvalidInput({"body": "Send a JSON object with Content-Type: application/json."})
+    try:
+        body = request.get_json(force=True, silent=False)
+    except Exception:  # noqa: BLE001 - werkzeug raises several kinds for bad JSON
+        raise InvalidInput({"body": "Malformed JSON."}) from None
+    if not isinstance(body, dict):
+        raise InvalidInput({"body": "Must be a JSON object."})
+    return body

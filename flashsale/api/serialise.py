@@ -1,0 +1,39 @@
+"""JSON shapes of products and holds (design section 7), shared by the API and the pages' polling."""
+
+
+def iso(moment):
+    """ISO 8601 UTC with a Z, or None."""
+    return moment.isoformat().replace("+00:00", "Z") if moment else None
+
+
+def product_json(product, level, now):
+    """A product with its derived stock and sale state."""
+    from ..inventory.stock import sale_state
+
+    return {
+        "id": product.id,
+        "slug": product.slug,
+        "name": product.name,
+        "description": product.description,
+        "price_cents": product.price_cents,
+        "total_stock": product.total_stock,
+        "available": level.available,
+        "max_per_customer": product.max_per_customer,
+        "sale_starts_at": iso(product.sale_starts_at),
+        "sale_ends_at": iso(product.sale_ends_at),
+        "state": sale_state(product, level.available, now),
+    }
+
+
+def hold_json(order):
+    """A hold: the order as its owner sees it."""
+    return {
+        "id": order.id,
+        "product_id": order.product_id,
+        "email": order.customer_email,
+        "quantity": order.quantity,
+        "status": order.status,
+        "hold_expires_at": iso(order.hold_expires_at),
+        "created_at": iso(order.created_at),
+        "confirmed_at": iso(order.confirmed_at),
+    }

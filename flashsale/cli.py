@@ -1,0 +1,90 @@
+"""Command-line verbs: seed, worker, audit (and simulate, in its own module)."""
+
+import sys
+import threading
+
+import click
+import redis as redis_lib
+from flask import current_app
+
+from . import keys
+from .extensions import db, redis_store
+
+
+def init_app(app):
+    """Register the commands on `flask`."""
+    for command in (seed_command, worker_command, audit_command):
+        app.cli.add_command(command)
+
+
+@click.command("seed")
+@click.argument("scenario", required=False)
+@click.option("--list", "list_", is_flag=True, help="List the scenarios and what each one stages.")
+def seed_command(scenario, list_):
+    """Load seeds/SCENARIO.yaml (idempotent: a re-run starts the sale over)."""
+    from .seeding import load_scenario, scenario_names, seed
+
+    if list_ or not scenario:
+        for name in scenario_names():
+            click.echo(f"{name:<16} {load_scenario(name).description}")
+        return
+    try:
+        loaded = load_scenario(scenario)
+    except LookupError as error:
+        raise click.ClickException(str(error)) from None
+    for product in seed(db.session, redis_store.client, loaded):
+        click.echo(f"seeded {product.slug}: {product.total_stock} units, "
+                   f"{product.sale_starts_at:%H:%M:%S} to {product.sale_ends_at:%H:%M:%S} UTC")
+
+
+@click.command("worker")
+@click.option("--burst", is_flag=True, help="Run until the queue is empty, then exit.")
+def worker_command(burst):
+    """Run an RQ worker with the scheduler (expiry jobs) and the periodic sweeper."""
+    from rq import SimpleWorker
+
+    config = current_app.config
+    # The worker blocks on Redis for long stretches, so it gets a connection without a read timeout.
+    connection = redis_lib.Redis.from_url(config["REDIS_URL"])
+    queue = redis_store.queue.__class__(config["QUEUE_NAME"], connection=connection)
+    stop = threading.Event()
+    ticker = threading.Thread(target=_sweep_ticker, args=(connection, queue, config, stop),
+                              daemon=True, name="sweep-ticker")
+    ticker.start()
+    # SimpleWorker runs jobs in this process, inside this app context: no fork per job, pooled
+    # database connections reused, and jobs see the same configuration as the command.
+    worker = SimpleWorker([queue], connection=connection)
+    try:
+        worker.work(with_scheduler=True, burst=burst)
+    finally:
+        stop.set()
+
+
+def _sweep_ticker(connection, queue, config, stop):
+    """Every SWEEP_SECONDS, one worker across the cluster enqueues the sweeper at the queue's front."""
+    from .jobs import sweep_expired_holds
+
+    period = config["SWEEP_SECONDS"]
+    while not stop.is_set():
+        try:
+            # SET NX PX: whichever worker claims this period enqueues; the others skip it.
+            if connection.set(keys.sweep_tick(), "1", nx=True, px=int(period * 1000 * 0.9)):
+                queue.enqueue(sweep_expired_holds, job_id="sweep-expired-holds", at_front=True,
+                              result_ttl=60, failure_ttl=3600)
+        except redis_lib.RedisError:
+            pass  # Redis is down; the worker itself will report it, and we try again next period
+        stop.wait(period)
+
+
+@click.command("audit")
+def audit_command():
+    """Check the invariants against the database; exit 1 on any breach."""
+    from .inventory.audit import audit
+
+    breaches = audit(db.session)
+    for breach in breaches:
+        click.echo(f"BREACH {breach}", err=True)
+    if breaches:
+        sys.exit(1)
+    click.echo("audit passed: no oversell, one outcome per hold, ledger balanced, "
+               "idempotency and per-customer limits kept")

@@ -1,0 +1,1 @@
+"""The domain: holds, stock, locks, expiry and the ledger. Nothing here touches request, session or g."""

@@ -1,0 +1,73 @@
+"""Finding products by id or slug, with a short in-process cache for the hot path's sale checks."""
+
+import re
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+
+from ..errors import NotFound
+from ..models import Product
+
+SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,79}$")
+MAX_ID = 2**31 - 1  # PostgreSQL integer: a bigger id is unknown, never an overflow error
+CACHE_SECONDS = 2.0
+
+_cache = {}
+
+
+@dataclass(frozen=True)
+class SaleInfo:
+    """What the hot path needs to know about a product before it takes the lock."""
+
+    id: int
+    slug: str
+    total_stock: int
+    max_per_customer: int
+    sale_starts_at: datetime
+    sale_ends_at: datetime
+
+
+def product_filter(ref):
+    """A WHERE clause for a product reference (an id or a slug), or NotFound if it cannot name one."""
+    ref = str(ref)
+    if ref.isascii() and ref.isdigit():
+        if len(ref) > 10 or int(ref) > MAX_ID:
+            raise NotFound()
+        return Product.id == int(ref)
+    if not SLUG_RE.match(ref):
+        raise NotFound()
+    return Product.slug == ref
+
+
+def find_product(session, ref):
+    """The Product named by `ref` (id or slug), or NotFound."""
+    product = session.execute(select(Product).where(product_filter(ref))).scalar_one_or_none()
+    if product is None:
+        raise NotFound("No such product.")
+    return product
+
+
+def sale_info(session, ref):
+    """SaleInfo for `ref`, cached for CACHE_SECONDS; the transaction re-checks what matters under lock."""
+    hit = _cache.get(ref)
+    if hit and hit[0] > time.monotonic():
+        return hit[1]
+    product = find_product(session, ref)
+    info = SaleInfo(
+        product.id,
+        product.slug,
+        product.total_stock,
+        product.max_per_customer,
+        product.sale_starts_at,
+        product.sale_ends_at,
+    )
+    expires = time.monotonic() + CACHE_SECONDS
+    _cache[ref] = _cache[str(product.id)] = _cache[product.slug] = (expires, info)
+    return info
+
+
+def forget():
+    """Drop cached sale info (after seeding, and between tests)."""
+    _cache.clear()

@@ -1,0 +1,249 @@
+"""Placing, confirming and releasing holds: the verbs routes, jobs, the CLI and tests all call."""
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from redis.exceptions import RedisError
+from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError
+
+from ..errors import (
+    HoldConfirmed,
+    HoldExpired,
+    HoldReleased,
+    IdempotencyMismatch,
+    LimitExceeded,
+    NotFound,
+    SaleNotOpen,
+    SoldOut,
+)
+from ..models import CONFIRMED, EXPIRED, HOLD_CREATED, PENDING, RELEASED, Order, Product
+from . import catalog, soldout
+from .clock import db_now
+from .ledger import EVENTS, event_row, transition_hold
+from .locks import ProductLock
+from .stock import units_taken
+from .validation import valid_hold_id, validate_hold_request, validate_idempotency_key
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HoldPolicy:
+    """The knobs of hold placement, read from configuration by the caller."""
+
+    hold_seconds: int = 120
+    lock_ttl_ms: int = 2000
+    lock_wait_ms: int = 3000
+    max_quantity: int = 10
+
+    @classmethod
+    def from_config(cls, config):
+        """Build the policy from a Flask config mapping."""
+        return cls(
+            config["HOLD_SECONDS"], config["LOCK_TTL_MS"], config["LOCK_WAIT_MS"],
+            config["MAX_QUANTITY"],
+        )
+
+
+@dataclass(frozen=True)
+class PlacedHold:
+    """The outcome of place_hold: the hold, whether this call created it, and time spent on the lock."""
+
+    hold: Order
+    created: bool
+    lock_wait_ms: float = 0.0
+
+
+def request_digest(product_id, email, quantity):
+    """A fingerprint of a hold request, stored with its Idempotency-Key to spot a different body."""
+    return hashlib.sha256(f"{product_id}|{email}|{quantity}".encode()).hexdigest()
+
+
+def place_hold(session, redis, product_ref, email, quantity=1, policy=HoldPolicy(),
+               idempotency_key=None):
+    """Hold `quantity` units of a product for `email` for policy.hold_seconds, or raise why not."""
+    email, quantity = validate_hold_request(email, quantity, policy.max_quantity)
+    idempotency_key = validate_idempotency_key(idempotency_key)
+    sale = catalog.sale_info(session, product_ref)
+    digest = request_digest(sale.id, email, quantity) if idempotency_key else None
+    if idempotency_key and (replay := _replay(session, idempotency_key, digest)):
+        return PlacedHold(replay, created=False)
+    session.rollback()  # end the read transaction: nothing is held open while we wait for the lock
+
+    # Cheap refusals first, with this process's clock; the database clock decides under the lock.
+    _check_sale_window(sale.sale_starts_at, sale.sale_ends_at, datetime.now(timezone.utc))
+    if quantity > sale.max_per_customer:
+        raise LimitExceeded(limit=sale.max_per_customer)
+    marked, generation = soldout.probe(redis, sale.id)
+    if marked:
+        raise SoldOut(fast=True)
+
+    with ProductLock(redis, sale.id, policy.lock_ttl_ms, policy.lock_wait_ms) as lock:
+        # Buyers queued behind the lock learn of a sell-out that happened while they waited.
+        if soldout.is_marked(redis, sale.id):
+            raise SoldOut(fast=True)
+        hold = _insert_hold(session, redis, sale.id, email, quantity, policy, idempotency_key,
+                            digest, generation)
+    return PlacedHold(hold.order, hold.created, lock.waited_ms)
+
+
+@dataclass(frozen=True)
+class _Inserted:
+    order: Order
+    created: bool
+
+
+def _insert_hold(session, redis, product_id, email, quantity, policy, key, digest, generation):
+    """Check derived stock and insert the hold and its event in one transaction under the row lock."""
+    try:
+        # The row lock makes PostgreSQL the arbiter even if the Redis lock lapsed mid-request. Stock is
+        # read by the *next* statement: in READ COMMITTED each statement takes a fresh snapshot, so it
+        # sees every hold committed by whoever held the row lock before us. (Reading it in this same
+        # statement would use a snapshot from before the wait and could oversell.)
+        product = session.execute(
+            select(Product).where(Product.id == product_id).with_for_update()
+        ).scalar_one_or_none()
+        if product is None:
+            raise NotFound("No such product.")
+        now = db_now(session)
+        if key and (replay := _replay(session, key, digest)):
+            session.rollback()
+            return _Inserted(replay, created=False)
+        _check_sale_window(product.sale_starts_at, product.sale_ends_at, now)
+        taken = units_taken(session, product_id, email, now)
+        if taken.by_customer + quantity > product.max_per_customer:
+            raise LimitExceeded(limit=product.max_per_customer, holding=taken.by_customer)
+        available = product.total_stock - taken.units
+        if available < quantity:
+            if available <= 0:
+                _mark_sold_out(redis, product_id, generation, taken.earliest_hold_expiry, now)
+            raise SoldOut(available=max(available, 0))
+        expires = now + timedelta(seconds=policy.hold_seconds)
+        order = Order(product_id=product_id, customer_email=email, quantity=quantity,
+                      status=PENDING, hold_expires_at=expires, created_at=now,
+                      idempotency_key=key, request_digest=digest)
+        session.add(order)
+        session.flush()
+        session.execute(insert(EVENTS).values(
+            event_row(HOLD_CREATED, order.id, product_id, quantity, now)))
+        session.commit()
+    except IntegrityError:
+        # A concurrent request with the same Idempotency-Key for another product committed first.
+        session.rollback()
+        if key and (replay := _replay(session, key, digest)):
+            return _Inserted(replay, created=False)
+        raise
+    except BaseException:
+        session.rollback()
+        raise
+    if available == quantity:
+        earliest = min(filter(None, [taken.earliest_hold_expiry, expires]))
+        _mark_sold_out(redis, product_id, generation, earliest, now)
+    return _Inserted(order, created=True)
+
+
+def _mark_sold_out(redis, product_id, generation, earliest_hold_expiry, now):
+    """Mark the product sold out until its earliest hold could lapse (best effort)."""
+    if earliest_hold_expiry is None:
+        ttl_ms = soldout.MAX_MARK_MS
+    else:
+        ttl_ms = (earliest_hold_expiry - now).total_seconds() * 1000
+    try:
+        soldout.mark(redis, product_id, generation, ttl_ms)
+    except RedisError:
+        log.warning("could not mark product %s sold out", product_id)
+
+
+def _check_sale_window(starts, ends, now):
+    if now < starts:
+        raise SaleNotOpen("This sale has not started yet.", starts_at=starts.isoformat())
+    if now >= ends:
+        raise SaleNotOpen("This sale has ended.", ended_at=ends.isoformat())
+
+
+def _replay(session, key, digest):
+    """The hold an Idempotency-Key already made, if its request matched; mismatch raises."""
+    order = session.execute(
+        select(Order).where(Order.idempotency_key == key)
+    ).scalar_one_or_none()
+    if order is not None and order.request_digest != digest:
+        raise IdempotencyMismatch()
+    return order
+
+
+def get_hold(session, hold_id):
+    """The hold with this public token, or NotFound."""
+    order = session.get(Order, hold_id) if valid_hold_id(hold_id) else None
+    if order is None:
+        raise NotFound("No such hold.")
+    return order
+
+
+def is_lapsed(session, order):
+    """True when a PENDING hold is past its expiry by the database clock (recorded or not)."""
+    return order.status == EXPIRED or (
+        order.status == PENDING and order.hold_expires_at <= db_now(session)
+    )
+
+
+def check_confirmable(session, hold_id):
+    """Return (hold, needs_confirmation): a confirmed hold needs nothing, others raise why not."""
+    order = get_hold(session, hold_id)
+    if order.status == CONFIRMED:
+        return order, False
+    if order.status == RELEASED:
+        raise HoldReleased()
+    if is_lapsed(session, order):
+        raise HoldExpired(expired_at=order.hold_expires_at.isoformat())
+    return order, True
+
+
+def release_hold(session, redis, hold_id, reason="customer"):
+    """Give a live hold's units back at once (RELEASED); releasing twice is harmless."""
+    order = get_hold(session, hold_id)
+    if order.status == RELEASED:
+        return order
+    if order.status == CONFIRMED:
+        raise HoldConfirmed()
+    won = transition_hold(session, hold_id, RELEASED, still_live=True, metadata={"reason": reason})
+    if won is None:
+        order = get_hold(session, hold_id)
+        if order.status == RELEASED:
+            return order
+        if order.status == CONFIRMED:
+            raise HoldConfirmed()
+        raise HoldExpired(expired_at=order.hold_expires_at.isoformat())
+    soldout.stock_returned(redis, [won[0]])
+    return session.get(Order, hold_id, populate_existing=True)
+
+
+def confirm_hold(session, redis, hold_id, gateway):
+    """Charge and confirm a hold if it is still live; refused payment releases it. Safe to repeat."""
+    from .expiry import expire_hold
+
+    order = get_hold(session, hold_id)
+    if order.status != PENDING:
+        return order
+    lapsed = is_lapsed(session, order)
+    amount = order.quantity * session.get(Product, order.product_id).price_cents
+    session.rollback()  # no transaction (and no lock) is held while the payment gateway works
+    if lapsed:
+        expire_hold(session, redis, hold_id)
+        return get_hold(session, hold_id)
+    charge = gateway.charge(hold_id, amount, order.customer_email)
+    if not charge.approved:
+        won = transition_hold(session, hold_id, RELEASED, still_live=True,
+                              metadata={"reason": "payment_refused", "charge": charge.id})
+        if won:
+            soldout.stock_returned(redis, [won[0]])
+        return get_hold(session, hold_id)
+    won = transition_hold(session, hold_id, CONFIRMED, still_live=True,
+                          metadata={"charge": charge.id, "amount_cents": amount})
+    if won is None:
+        # The hold lapsed (or was released) while we charged: the customer must not pay for nothing.
+        gateway.refund(charge)
+    return session.get(Order, hold_id, populate_existing=True)
+

@@ -1,0 +1,84 @@
+"""Derived stock: available = total_stock - confirmed - active holds, never a stored counter.
+
+An active hold is PENDING with hold_expires_at in the future by the database clock, so a hold stops
+counting the instant it lapses whether or not any expiry job has run (invariant 2).
+"""
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import and_, func, or_, select
+
+from ..models import CONFIRMED, PENDING, Order, Product
+from .clock import now_expression
+
+
+def counts_against_stock(now):
+    """The filter for orders whose units are not available: confirmed, or held and not yet expired."""
+    return or_(
+        Order.status == CONFIRMED,
+        and_(Order.status == PENDING, Order.hold_expires_at > now),
+    )
+
+
+@dataclass(frozen=True)
+class Taken:
+    """Units of one product taken right now, by everyone and by one customer."""
+
+    units: int
+    by_customer: int
+    earliest_hold_expiry: datetime | None
+
+
+def units_taken(session, product_id, email, now):
+    """Units of the product confirmed or actively held at `now`, overall and by `email`."""
+    row = session.execute(
+        select(
+            func.coalesce(func.sum(Order.quantity), 0),
+            func.coalesce(func.sum(Order.quantity).filter(Order.customer_email == email), 0),
+            func.min(Order.hold_expires_at).filter(Order.status == PENDING),
+        ).where(Order.product_id == product_id, counts_against_stock(now))
+    ).one()
+    earliest = row[2]
+    if isinstance(earliest, str):  # SQLite returns aggregates of datetimes as text
+        earliest = datetime.fromisoformat(earliest)
+    return Taken(int(row[0]), int(row[1]), earliest)
+
+
+@dataclass(frozen=True)
+class StockLevel:
+    """A product's stock picture: what is confirmed, held, and still available."""
+
+    total: int
+    confirmed: int
+    held: int
+
+    @property
+    def available(self):
+        return max(self.total - self.confirmed - self.held, 0)
+
+
+def stock_levels(session, product_ids=None):
+    """StockLevel per product id, computed with the database clock in one query."""
+    now = now_expression(session)
+    confirmed = func.coalesce(func.sum(Order.quantity).filter(Order.status == CONFIRMED), 0)
+    held = func.coalesce(
+        func.sum(Order.quantity).filter(Order.status == PENDING, Order.hold_expires_at > now), 0
+    )
+    query = (
+        select(Product.id, Product.total_stock, confirmed, held)
+        .outerjoin(Order, and_(Order.product_id == Product.id, counts_against_stock(now)))
+        .group_by(Product.id, Product.total_stock)
+    )
+    if product_ids is not None:
+        query = query.where(Product.id.in_(list(product_ids)))
+    return {pid: StockLevel(total, int(c), int(h)) for pid, total, c, h in session.execute(query)}
+
+
+def sale_state(product, available, now):
+    """One of upcoming, live, sold_out, ended for `product` at `now`."""
+    if now < product.sale_starts_at:
+        return "upcoming"
+    if now >= product.sale_ends_at:
+        return "ended"
+    return "sold_out" if available <= 0 else "live"

@@ -1,0 +1,73 @@
+"""Thin RQ entry points: each opens an app context and calls the domain in flashsale.inventory."""
+
+import logging
+from contextlib import nullcontext
+
+from flask import current_app, has_app_context
+
+from .extensions import db, redis_store
+from .inventory import expiry, holds
+from .payments import gateway_from_config
+
+log = logging.getLogger(__name__)
+_worker_app = None
+
+
+def _app_context():
+    """The current app context, or one for an app built once per worker process (not at import)."""
+    global _worker_app
+    if has_app_context():
+        return nullcontext()
+    if _worker_app is None:
+        from . import create_app
+
+        _worker_app = create_app()
+    return _worker_app.app_context()
+
+
+def confirm_hold(hold_id):
+    """Job: charge and confirm a hold (or release it if payment is refused)."""
+    from . import metrics
+
+    with _app_context():
+        gateway = gateway_from_config(current_app.config)
+        order = holds.confirm_hold(db.session, redis_store.client, hold_id, gateway)
+        metrics.record_outcome(redis_store.client, order.status.lower(), order.product_id)
+        return order.status
+
+
+def expire_hold(hold_id):
+    """Job: record a hold as EXPIRED at its expiry (a no-op if confirmed or released first)."""
+    from . import metrics
+
+    with _app_context():
+        session = db.session
+        order = holds.get_hold(session, hold_id)
+        if expiry.expire_hold(session, redis_store.client, hold_id):
+            metrics.record_outcome(redis_store.client, "expired", order.product_id)
+            return True
+        return False
+
+
+def sweep_expired_holds():
+    """Job: record every lapsed hold a lost or late expire_hold job missed."""
+    from . import metrics
+
+    with _app_context():
+        count = expiry.sweep_expired_holds(db.session, redis_store.client)
+        if count:
+            log.info("sweeper recorded %d expired holds", count)
+            metrics.record_outcome(redis_store.client, "expired", None, count)
+        return count
+
+
+def schedule_expiry(queue, order):
+    """Enqueue expire_hold to run at the hold's expiry (needs a worker started with the scheduler)."""
+    return queue.enqueue_at(order.hold_expires_at, expire_hold, order.id,
+                            job_id=f"expire-{order.id}", result_ttl=60, failure_ttl=3600)
+
+
+def enqueue_confirmation(queue, order):
+    """Enqueue confirm_hold for a hold; the job is idempotent, so a second click is harmless."""
+    return queue.enqueue(confirm_hold, order.id, job_id=f"confirm-{order.id}",
+                         result_ttl=300, failure_ttl=3600)

@@ -1,0 +1,42 @@
+"""Every Redis key flashsale uses, built in one place.
+
+A product's keys share the hash tag `{product:ID}` so that, on Redis Cluster, they live in one slot and
+the Lua scripts that touch several of them stay legal.
+"""
+
+PREFIX = "fs"
+
+
+def product_tag(product_id):
+    """The hash tag that keeps one product's keys in the same cluster slot."""
+    return f"{PREFIX}:{{product:{product_id}}}"
+
+
+def lock(product_id):
+    """The per-product hold lock (value: the holder's random token)."""
+    return f"{product_tag(product_id)}:lock"
+
+
+def lock_wake(product_id):
+    """A one-slot list the lock's releaser pushes to, waking the longest waiter (BLPOP)."""
+    return f"{product_tag(product_id)}:lock:wake"
+
+
+def sold_out(product_id):
+    """The fast sold-out mark: present means 'no unit was free a moment ago'."""
+    return f"{product_tag(product_id)}:sold_out"
+
+
+def stock_generation(product_id):
+    """Bumped whenever stock comes back, so a stale sold-out mark is never written."""
+    return f"{product_tag(product_id)}:stock_gen"
+
+
+def sweep_tick():
+    """Claimed once per SWEEP_SECONDS by whichever worker enqueues the sweeper."""
+    return f"{PREFIX}:sweep:tick"
+
+
+def metrics(name):
+    """A metrics key (counters, latency rings, time series) shared by every process."""
+    return f"{PREFIX}:metrics:{name}"

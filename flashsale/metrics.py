@@ -1,0 +1,87 @@
+"""Counters, latency samples and time series in Redis, so every web process and worker agrees.
+
+Recording costs one pipelined round trip. Time series are a ring of BUCKET_SECONDS buckets that expire
+after WINDOW_BUCKETS buckets, so nothing grows without bound.
+"""
+
+import logging
+import time
+
+from redis.exceptions import RedisError
+
+from . import keys
+
+log = logging.getLogger(__name__)
+
+BUCKET_SECONDS = 5
+WINDOW_BUCKETS = 120  # ten minutes of history
+LATENCY_SAMPLES = 2000
+OUTCOMES = ("created", "confirmed", "expired", "released", "sold_out", "rate_limited", "busy",
+            "rejected", "unavailable")
+STARTED_AT_KEY = keys.metrics("started_at")
+
+
+def _bucket(now=None):
+    return int((now or time.time()) // BUCKET_SECONDS)
+
+
+def record_outcome(redis, outcome, product_id=None, count=1, latency_ms=None, lock_wait_ms=None):
+    """Count one outcome (and optionally its latency) in the totals and the current bucket."""
+    bucket_key = keys.metrics(f"bucket:{_bucket()}")
+    try:
+        pipe = redis.pipeline(transaction=False)
+        pipe.hincrby(keys.metrics("totals"), outcome, count)
+        pipe.hincrby(bucket_key, outcome, count)
+        pipe.expire(bucket_key, BUCKET_SECONDS * WINDOW_BUCKETS)
+        if product_id is not None:
+            pipe.hincrby(keys.metrics(f"product:{product_id}"), outcome, count)
+        if latency_ms is not None:
+            pipe.lpush(keys.metrics("latency"), round(latency_ms, 2))
+            pipe.ltrim(keys.metrics("latency"), 0, LATENCY_SAMPLES - 1)
+        if lock_wait_ms is not None:
+            pipe.lpush(keys.metrics("lock_wait"), round(lock_wait_ms, 2))
+            pipe.ltrim(keys.metrics("lock_wait"), 0, LATENCY_SAMPLES - 1)
+        pipe.set(STARTED_AT_KEY, int(time.time()), nx=True)
+        pipe.execute()
+    except RedisError:
+        log.warning("metrics not recorded (%s): Redis unavailable", outcome)
+
+
+def percentiles(samples, points=(50, 95, 99)):
+    """Nearest-rank percentiles of a list of numbers ({} when empty)."""
+    if not samples:
+        return {f"p{p}": None for p in points}
+    ordered = sorted(samples)
+    return {f"p{p}": ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))]
+            for p in points}
+
+
+def snapshot(redis, buckets=WINDOW_BUCKETS):
+    """Totals, per-bucket series and latency percentiles, as the dashboard reads them."""
+    now_bucket = _bucket()
+    pipe = redis.pipeline(transaction=False)
+    pipe.hgetall(keys.metrics("totals"))
+    pipe.lrange(keys.metrics("latency"), 0, -1)
+    pipe.lrange(keys.metrics("lock_wait"), 0, -1)
+    pipe.get(STARTED_AT_KEY)
+    for b in range(now_bucket - buckets + 1, now_bucket + 1):
+        pipe.hgetall(keys.metrics(f"bucket:{b}"))
+    totals, latency, lock_wait, started, *series = pipe.execute()
+    decode = lambda h: {k.decode(): int(v) for k, v in h.items()}  # noqa: E731
+    return {
+        "started_at": int(started) if started else None,
+        "bucket_seconds": BUCKET_SECONDS,
+        "totals": {o: decode(totals).get(o, 0) for o in OUTCOMES},
+        "series": [
+            {"t": (now_bucket - buckets + 1 + i) * BUCKET_SECONDS, **decode(h)}
+            for i, h in enumerate(series)
+        ],
+        "hold_latency_ms": percentiles([float(x) for x in latency]),
+        "lock_wait_ms": percentiles([float(x) for x in lock_wait]),
+    }
+
+
+def product_counters(redis, product_id):
+    """Outcome counts for one product since metrics began."""
+    raw = redis.hgetall(keys.metrics(f"product:{product_id}"))
+    return {k.decode(): int(v) for k, v in raw.items()}
