@@ -6,8 +6,14 @@ import pytest
 from sqlalchemy import func, select, update
 
 from flashsale.errors import (
-    HoldConfirmed, HoldExpired, IdempotencyMismatch, InvalidInput, LimitExceeded, NotFound,
-    SaleNotOpen, SoldOut,
+    HoldConfirmed,
+    HoldExpired,
+    IdempotencyMismatch,
+    InvalidInput,
+    LimitExceeded,
+    NotFound,
+    SaleNotOpen,
+    SoldOut,
 )
 from flashsale.inventory import holds, soldout
 from flashsale.inventory.audit import audit

@@ -5,7 +5,8 @@ import time
 from flask import Blueprint, current_app, jsonify, request
 from sqlalchemy import select
 
-from ..errors import InvalidInput, FlashsaleError
+from .. import metrics
+from ..errors import FlashsaleError, InvalidInput
 from ..extensions import db, redis_store
 from ..inventory import catalog, holds
 from ..inventory.clock import db_now
@@ -13,7 +14,6 @@ from ..inventory.stock import stock_levels
 from ..jobs import enqueue_confirmation, schedule_expiry
 from ..models import Product
 from ..ratelimits import hold_limits
-from .. import metrics
 from .serialise import hold_json, product_json
 
 bp = Blueprint("api", __name__, url_prefix="/api")

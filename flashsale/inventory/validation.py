@@ -34,8 +34,7 @@ def validate_quantity(quantity, max_quantity):
 def validate_hold_request(email, quantity, max_quantity):
     """Normalised (email, quantity) for a hold, reporting every bad field at once."""
     fields = {}
-    for name, check in (("email", lambda: normalise_email(email)),
-                        ("quantity", lambda: validate_quantity(quantity, max_quantity))):
+    for check in (lambda: normalise_email(email), lambda: validate_quantity(quantity, max_quantity)):
         try:
             check()
         except InvalidInput as error:
