@@ -1,0 +1,23 @@
+"""Production gunicorn settings: `gunicorn -c gunicorn.conf.py app:app`.
+
+gthread workers: each request holds a thread while it waits on the product lock or PostgreSQL, which is
+I/O wait, so a few processes with many threads keep the CPU busy without gevent's starvation of locked
+paths. WEB_CONCURRENCY processes x WEB_THREADS threads; scale out by adding processes or machines.
+"""
+
+import multiprocessing
+import os
+
+bind = os.environ.get("BIND", "0.0.0.0:8000")
+workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count()))
+worker_class = "gthread"
+threads = int(os.environ.get("WEB_THREADS", 16))
+backlog = int(os.environ.get("WEB_BACKLOG", 4096))  # a flash sale arrives all at once
+timeout = int(os.environ.get("WEB_TIMEOUT", 30))
+graceful_timeout = 20
+keepalive = 5
+max_requests = int(os.environ.get("WEB_MAX_REQUESTS", 0))  # recycle workers; 0 = never
+max_requests_jitter = max_requests // 10
+accesslog = os.environ.get("ACCESS_LOG")  # unset: no access log (it costs on the hot path)
+errorlog = "-"
+loglevel = os.environ.get("LOG_LEVEL", "info")
