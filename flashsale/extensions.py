@@ -1,6 +1,7 @@
 """Extension objects, created here and bound to the app in create_app (this kills circular imports)."""
 
 import redis
+from flask import current_app
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_migrate import Migrate
@@ -32,23 +33,32 @@ def limiter_storage_uri(redis_url):
 
 
 class RedisStore:
-    """One Redis client and RQ queue per app, shared by routes, metrics and the lock."""
+    """Each app's Redis client and RQ queue, shared by routes, metrics and the lock.
 
-    def __init__(self):
-        self.client = None
-        self.queue = None
+    Like Flask-SQLAlchemy, the state lives on the app (app.extensions), so tests can build a second app on
+    another Redis without rebinding the first.
+    """
 
     def init_app(self, app):
         """Connect to REDIS_URL (lazily: nothing is sent until the first command)."""
         timeout = app.config["REDIS_SOCKET_TIMEOUT"]
-        self.client = redis.Redis.from_url(
+        client = redis.Redis.from_url(
             app.config["REDIS_URL"],
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             health_check_interval=30,
         )
-        self.queue = Queue(app.config["QUEUE_NAME"], connection=self.client)
-        app.extensions["flashsale_redis"] = self
+        app.extensions["flashsale_redis"] = (client, Queue(app.config["QUEUE_NAME"], connection=client))
+
+    @property
+    def client(self):
+        """The current app's Redis client."""
+        return current_app.extensions["flashsale_redis"][0]
+
+    @property
+    def queue(self):
+        """The current app's RQ queue."""
+        return current_app.extensions["flashsale_redis"][1]
 
 
 redis_store = RedisStore()
