@@ -22,6 +22,7 @@ class FakeGateway:
     def __init__(self, refuse_all=False, delay_ms=0):
         self.refuse_all = refuse_all
         self.delay_ms = delay_ms
+        self.charges = []
         self.refunds = []
 
     def charge(self, hold_id, amount_cents, email):
@@ -29,7 +30,9 @@ class FakeGateway:
         if self.delay_ms:
             time.sleep(self.delay_ms / 1000)  # stands in for the network call to a real gateway
         approved = not (self.refuse_all or "+refuse" in email)
-        return Charge(f"fake_{hold_id}", approved, amount_cents)
+        charge = Charge(f"fake_{hold_id}", approved, amount_cents)
+        self.charges.append(charge)
+        return charge
 
     def refund(self, charge):
         """Give back a charge taken for a hold that lapsed before it could be confirmed."""
