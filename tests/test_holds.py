@@ -211,3 +211,25 @@ def test_unknown_holds_are_not_found(session, ctx):
     for hold_id in ["x", "A" * 24, "../../etc/passwd", "1 OR 1=1"]:
         with pytest.raises(NotFound):
             holds.get_hold(session, hold_id)
+
+
+def test_the_fast_sold_out_path_takes_neither_the_lock_nor_the_database(session, redis, make_product, policy,
+                                                                         monkeypatch):
+    from sqlalchemy import event
+
+    from flashsale.inventory import locks
+
+    make_product(total_stock=1)
+    holds.place_hold(session, redis, "ps5", "a@x.io", 1, policy)  # sells out and warms the sale cache
+    statements = []
+    engine = session.get_bind()
+    listener = lambda *args: statements.append(args[2])  # noqa: E731
+    event.listen(engine, "before_cursor_execute", listener)
+    monkeypatch.setattr(locks.ProductLock, "acquire", lambda self: pytest.fail("took the lock"))
+    try:
+        with pytest.raises(SoldOut) as refused:
+            holds.place_hold(session, redis, "ps5", "b@x.io", 1, policy)
+    finally:
+        event.remove(engine, "before_cursor_execute", listener)
+    assert refused.value.details == {"fast": True}
+    assert statements == []
