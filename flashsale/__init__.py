@@ -17,10 +17,11 @@ def create_app(config_object=Config, **overrides):
         # Believe X-Forwarded-For only for as many hops as we run proxies; a client cannot forge past them.
         hops = app.config["TRUSTED_PROXIES"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
-    from . import admin, api, cli, database, handlers, health, ratelimits, shop
+    from . import admin, api, cli, database, handlers, health, ratelimits, security, shop
 
     database.init_app(app)
     ratelimits.init_app(app)
+    security.init_app(app)
     for module in (handlers, health, api, shop, admin, cli):
         module.init_app(app)
     return app

@@ -80,7 +80,10 @@ def on_http_error(error):
     failure = FlashsaleError(error.description if status != 404 else "Not found.")
     failure.status = status
     failure.code = HTTP_CODES.get(status, "invalid" if 400 <= status < 500 else "internal")
-    return error_response(failure)
+    response = error_response(failure)
+    if getattr(error, "valid_methods", None):  # 405 must say which methods are allowed
+        response.headers["Allow"] = ", ".join(error.valid_methods)
+    return response
 
 
 def on_unexpected(error):

@@ -36,7 +36,10 @@ def email_key():
     """Rate-limit key for the buyer's email, from the JSON body or the form (address if absent)."""
     email = None
     if request.is_json:
-        body = request.get_json(silent=True)
+        try:
+            body = request.get_json(silent=True)
+        except RecursionError:  # silent= covers ValueError only; the view answers 422 for this body
+            body = None
         if isinstance(body, dict) and isinstance(body.get("email"), str):
             email = body["email"]
     else:

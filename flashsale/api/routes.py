@@ -4,6 +4,7 @@ import time
 
 from flask import Blueprint, current_app, jsonify, request
 from sqlalchemy import select
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from .. import metrics
 from ..errors import FlashsaleError, InvalidInput
@@ -111,6 +112,8 @@ def json_body():
         raise InvalidInput({"body": "Send a JSON object with Content-Type: application/json."})
     try:
         body = request.get_json(force=True, silent=False)
+    except RequestEntityTooLarge:
+        raise  # 413, not "malformed": the body is over MAX_CONTENT_LENGTH and was never read
     except Exception:  # noqa: BLE001 - werkzeug raises several kinds for bad JSON
         raise InvalidInput({"body": "Malformed JSON."}) from None
     if not isinstance(body, dict):
