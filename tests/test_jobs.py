@@ -1,0 +1,84 @@
+"""The RQ jobs end to end: a real worker with the scheduler confirms, expires and sweeps holds."""
+
+import pytest
+from sqlalchemy import update
+
+from config import TestConfig
+from flashsale.extensions import db
+from flashsale.models import Order
+from tests.live_server import LiveServer, wait_until
+
+pytestmark = pytest.mark.usefixtures("postgres_only")
+
+
+@pytest.fixture(scope="module")
+def quick(app):
+    """A live server whose holds last two seconds, with a worker sweeping every second."""
+    with LiveServer(TestConfig.SQLALCHEMY_DATABASE_URI, TestConfig.REDIS_URL, workers=1, threads=4,
+                    with_worker=True, HOLD_SECONDS=2, SWEEP_SECONDS=1) as server:
+        yield server
+
+
+def status_of(client, hold_id):
+    return client.get(f"/api/holds/{hold_id}").json["status"]
+
+
+def call(server, method, path, body=None):
+    """A real HTTP request to the live server: (status, json)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(server.url + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def hold_status(server, hold_id):
+    return call(server, "GET", f"/api/holds/{hold_id}")[1]["status"]
+
+
+def test_the_worker_confirms_a_queued_hold(quick, make_product):
+    make_product(slug="confirm-me")
+    status, hold = call(quick, "POST", "/api/products/confirm-me/holds", {"email": "c@x.io"})
+    assert status == 201
+    assert call(quick, "POST", f"/api/holds/{hold['id']}/confirm")[0] == 202
+    wait_until(lambda: hold_status(quick, hold["id"]) == "CONFIRMED", 10, message="confirmation")
+    assert call(quick, "POST", f"/api/holds/{hold['id']}/confirm")[0] == 200
+
+
+def test_a_refused_payment_releases_the_hold_and_returns_the_stock(quick, make_product):
+    make_product(slug="refuse-me", total_stock=1)
+    _, hold = call(quick, "POST", "/api/products/refuse-me/holds", {"email": "d+refuse@x.io"})
+    assert call(quick, "GET", "/api/products/refuse-me")[1]["available"] == 0
+    call(quick, "POST", f"/api/holds/{hold['id']}/confirm")
+    wait_until(lambda: hold_status(quick, hold["id"]) == "RELEASED", 10, message="release on refusal")
+    assert call(quick, "GET", "/api/products/refuse-me")[1]["available"] == 1
+
+
+def test_the_scheduled_expiry_job_records_a_lapsed_hold(quick, make_product):
+    make_product(slug="lapse-me", total_stock=1)
+    _, hold = call(quick, "POST", "/api/products/lapse-me/holds", {"email": "e@x.io"})
+    assert call(quick, "POST", "/api/products/lapse-me/holds", {"email": "f@x.io"})[0] == 409
+    wait_until(lambda: hold_status(quick, hold["id"]) == "EXPIRED", 10, message="expiry")
+    status, _ = call(quick, "POST", f"/api/holds/{hold['id']}/confirm")
+    assert status == 409
+    assert call(quick, "POST", "/api/products/lapse-me/holds", {"email": "f@x.io"})[0] == 201
+
+
+def test_the_sweeper_records_a_hold_whose_expiry_job_was_lost(app, quick, make_product):
+    make_product(slug="lost-job", total_stock=5)
+    _, hold = call(quick, "POST", "/api/products/lost-job/holds", {"email": "g@x.io"})
+    with app.app_context():
+        from flashsale.extensions import redis_store
+
+        redis_store.queue.scheduled_job_registry.remove(f"expire-{hold['id']}", delete_job=True)
+        # Pretend it lapsed long ago; only the sweeper can record it now.
+        db.session.execute(update(Order).values(hold_expires_at=Order.created_at))
+        db.session.commit()
+    wait_until(lambda: hold_status(quick, hold["id"]) == "EXPIRED", 5, message="the sweeper")
