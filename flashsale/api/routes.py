@@ -1,18 +1,16 @@
 """JSON endpoints: products, holds, confirm and release. Thin: parse, call the domain, shape the answer."""
 
-import time
-
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, jsonify, request
 from sqlalchemy import select
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from .. import metrics
-from ..errors import FlashsaleError, InvalidInput
+from .. import checkout, metrics
+from ..errors import InvalidInput
 from ..extensions import db, redis_store
 from ..inventory import catalog, holds
 from ..inventory.clock import db_now
 from ..inventory.stock import stock_levels
-from ..jobs import enqueue_confirmation, schedule_expiry
+from ..jobs import enqueue_confirmation
 from ..models import Product
 from ..ratelimits import hold_limits
 from .serialise import hold_json, product_json
@@ -44,42 +42,13 @@ def get_product(ref):
 @hold_limits
 def create_hold(ref):
     """Place a two-minute hold: 201 new, 200 idempotent replay, 409/422/503 with a reason code."""
-    started = time.perf_counter()
     body = json_body()
     unknown = set(body) - HOLD_FIELDS
     if unknown:
         raise InvalidInput({name: "Unknown field." for name in sorted(unknown)})
-    policy = holds.HoldPolicy.from_config(current_app.config)
-    redis = redis_store.client
-    try:
-        placed = holds.place_hold(
-            db.session, redis, ref, body.get("email"), body.get("quantity", 1), policy,
-            request.headers.get("Idempotency-Key"),
-        )
-    except FlashsaleError as refusal:
-        metrics.record_outcome(redis, outcome_name(refusal),
-                               latency_ms=(time.perf_counter() - started) * 1000)
-        raise
-    if placed.created:
-        after_hold_created(placed)
-        metrics.record_outcome(redis, "created", placed.hold.product_id,
-                               latency_ms=(time.perf_counter() - started) * 1000,
-                               lock_wait_ms=placed.lock_wait_ms)
+    placed = checkout.place_hold(ref, body.get("email"), body.get("quantity", 1),
+                                 request.headers.get("Idempotency-Key"))
     return jsonify(hold_json(placed.hold)), 201 if placed.created else 200
-
-
-def after_hold_created(placed):
-    """Schedule the hold's expiry; if Redis refuses, the sweeper and read-time expiry cover it."""
-    try:
-        schedule_expiry(redis_store.queue, placed.hold)
-    except Exception:  # noqa: BLE001 - the hold is committed; expiry is already decided by the clock
-        current_app.logger.warning("could not schedule expiry of %s", placed.hold.id)
-
-
-def outcome_name(refusal):
-    """The metrics outcome a refusal counts as."""
-    return {"sold_out": "sold_out", "unavailable": "busy", "rate_limited": "rate_limited"}.get(
-        refusal.code, "rejected")
 
 
 @bp.get("/holds/<hold_id>")

@@ -1,0 +1,49 @@
+"""Placing a hold for a request, the same way for the JSON API and the shop's form.
+
+One sequence, written once (design section 4, step 5): the domain's `place_hold`, then the expiry job,
+then the metrics. Views only parse their input before and shape their answer after.
+"""
+
+import time
+
+from flask import current_app
+
+from . import metrics
+from .errors import FlashsaleError
+from .extensions import db, redis_store
+from .inventory import holds
+from .jobs import schedule_expiry
+
+
+def place_hold(product_ref, email, quantity, idempotency_key=None):
+    """Place a hold, schedule its expiry and record the outcome; refusals are recorded, then raised."""
+    started = time.perf_counter()
+    policy = holds.HoldPolicy.from_config(current_app.config)
+    redis = redis_store.client
+    try:
+        placed = holds.place_hold(db.session, redis, product_ref, email, quantity, policy,
+                                  idempotency_key)
+    except FlashsaleError as refusal:
+        metrics.record_outcome(redis, outcome_name(refusal),
+                               latency_ms=(time.perf_counter() - started) * 1000)
+        raise
+    if placed.created:
+        after_hold_created(placed)
+        metrics.record_outcome(redis, "created", placed.hold.product_id,
+                               latency_ms=(time.perf_counter() - started) * 1000,
+                               lock_wait_ms=placed.lock_wait_ms)
+    return placed
+
+
+def after_hold_created(placed):
+    """Schedule the hold's expiry; if Redis refuses, the sweeper and read-time expiry cover it."""
+    try:
+        schedule_expiry(redis_store.queue, placed.hold)
+    except Exception:  # noqa: BLE001 - the hold is committed; expiry is already decided by the clock
+        current_app.logger.warning("could not schedule expiry of %s", placed.hold.id)
+
+
+def outcome_name(refusal):
+    """The metrics outcome a refusal counts as."""
+    return {"sold_out": "sold_out", "unavailable": "busy", "rate_limited": "rate_limited"}.get(
+        refusal.code, "rejected")
