@@ -1,7 +1,7 @@
 """Thin RQ entry points: each opens an app context and calls the domain in flashsale.inventory."""
 
 import logging
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 from flask import current_app, has_app_context
 
@@ -13,16 +13,24 @@ log = logging.getLogger(__name__)
 _worker_app = None
 
 
+@contextmanager
 def _app_context():
-    """The current app context, or one for an app built once per worker process (not at import)."""
+    """The current app context (or one for an app built once per worker process, not at import), with
+    a fresh database session per job: SimpleWorker runs every job in one long-lived context."""
     global _worker_app
     if has_app_context():
-        return nullcontext()
-    if _worker_app is None:
-        from . import create_app
+        context = nullcontext()
+    else:
+        if _worker_app is None:
+            from . import create_app
 
-        _worker_app = create_app()
-    return _worker_app.app_context()
+            _worker_app = create_app()
+        context = _worker_app.app_context()
+    with context:
+        try:
+            yield
+        finally:
+            db.session.remove()
 
 
 def confirm_hold(hold_id):
