@@ -61,6 +61,9 @@ class Config:
     # The fake gateway refuses every charge when set, and always refuses emails containing "+refuse".
     FAKE_PAYMENT_REFUSE = _bool("FAKE_PAYMENT_REFUSE", False)
     FAKE_PAYMENT_DELAY_MS = _int("FAKE_PAYMENT_DELAY_MS", 0)
+    # Test hook, off by default and ignored unless FLASHSALE_ENV=testing: a sleep inside the product
+    # lock, so the fault tests can make the Redis lock lapse under a slow holder (HoldPolicy).
+    FAULT_DELAY_IN_LOCK_MS = _int("FAULT_DELAY_IN_LOCK_MS", 0)
 
 
 class TestConfig(Config):

@@ -2,6 +2,7 @@
 
 import hashlib
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -38,13 +39,18 @@ class HoldPolicy:
     lock_ttl_ms: int = 2000
     lock_wait_ms: int = 3000
     max_quantity: int = 10
+    # Test hook (fault injection): sleep this long inside the product lock. Honoured only when
+    # ENV_NAME is "testing"; the fault tests use it to make a lock lapse under a slow holder.
+    fault_delay_in_lock_ms: int = 0
 
     @classmethod
     def from_config(cls, config):
         """Build the policy from a Flask config mapping."""
+        testing = config.get("ENV_NAME") == "testing"
         return cls(
             config["HOLD_SECONDS"], config["LOCK_TTL_MS"], config["LOCK_WAIT_MS"],
             config["MAX_QUANTITY"],
+            config.get("FAULT_DELAY_IN_LOCK_MS", 0) if testing else 0,
         )
 
 
@@ -85,6 +91,8 @@ def place_hold(session, redis, product_ref, email, quantity=1, policy=HoldPolicy
         # Buyers queued behind the lock learn of a sell-out that happened while they waited.
         if soldout.is_marked(redis, sale.id):
             raise SoldOut(fast=True)
+        if policy.fault_delay_in_lock_ms:
+            time.sleep(policy.fault_delay_in_lock_ms / 1000)  # test hook only (see HoldPolicy)
         hold = _insert_hold(session, redis, sale.id, email, quantity, policy, idempotency_key,
                             digest, generation)
     return PlacedHold(hold.order, hold.created, lock.waited_ms)
