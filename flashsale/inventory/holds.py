@@ -39,8 +39,9 @@ class HoldPolicy:
     lock_ttl_ms: int = 2000
     lock_wait_ms: int = 3000
     max_quantity: int = 10
-    # Test hook (fault injection): sleep this long inside the product lock. Honoured only when
-    # ENV_NAME is "testing"; the fault tests use it to make a lock lapse under a slow holder.
+    # Test hook (fault injection): sleep this long inside the critical section, holding the product's
+    # Redis lock and row lock. Honoured only when ENV_NAME is "testing"; the fault tests use it to make
+    # the Redis lock lapse under a slow holder and to kill a backend mid-transaction.
     fault_delay_in_lock_ms: int = 0
 
     @classmethod
@@ -91,8 +92,6 @@ def place_hold(session, redis, product_ref, email, quantity=1, policy=HoldPolicy
         # Buyers queued behind the lock learn of a sell-out that happened while they waited.
         if soldout.is_marked(redis, sale.id):
             raise SoldOut(fast=True)
-        if policy.fault_delay_in_lock_ms:
-            time.sleep(policy.fault_delay_in_lock_ms / 1000)  # test hook only (see HoldPolicy)
         hold = _insert_hold(session, redis, sale.id, email, quantity, policy, idempotency_key,
                             digest, generation)
     return PlacedHold(hold.order, hold.created, lock.waited_ms)
@@ -116,6 +115,8 @@ def _insert_hold(session, redis, product_id, email, quantity, policy, key, diges
         ).scalar_one_or_none()
         if product is None:
             raise NotFound("No such product.")
+        if policy.fault_delay_in_lock_ms:
+            time.sleep(policy.fault_delay_in_lock_ms / 1000)  # test hook only (see HoldPolicy)
         now = db_now(session)
         if key and (replay := _replay(session, key, digest)):
             session.rollback()
