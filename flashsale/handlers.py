@@ -9,8 +9,9 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 
+from . import metrics
 from .errors import FlashsaleError, RateLimited, Unavailable
-from .extensions import db
+from .extensions import db, redis_store
 
 log = logging.getLogger(__name__)
 JSON_PREFIXES = ("/api/", "/healthz", "/admin/metrics")
@@ -57,6 +58,8 @@ def on_domain_error(error):
 
 
 def on_rate_limited(error):
+    # The limiter refuses before the view runs, so the refusal is counted here (only hold routes are limited).
+    metrics.record_outcome(redis_store.client, "rate_limited")
     limited = RateLimited(f"Too many requests ({error.description}); slow down.")
     response = error_response(limited)
     # Flask-Limiter adds Retry-After for the window that was hit when headers are enabled.

@@ -1,7 +1,9 @@
 """Counters, latency samples and time series in Redis, so every web process and worker agrees.
 
 Recording costs one pipelined round trip. Time series are a ring of BUCKET_SECONDS buckets that expire
-after WINDOW_BUCKETS buckets, so nothing grows without bound.
+after WINDOW_BUCKETS buckets, so nothing grows without bound. Gauges that are not events (available
+stock per product, latency percentiles) are sampled into the same ring of buckets whenever the metrics
+are read, so the dashboard's poll is what draws their history.
 """
 
 import logging
@@ -85,3 +87,38 @@ def product_counters(redis, product_id):
     """Outcome counts for one product since metrics began."""
     raw = redis.hgetall(keys.metrics(f"product:{product_id}"))
     return {k.decode(): int(v) for k, v in raw.items()}
+
+
+def sample_gauges(redis, stock_by_product, hold_latency, lock_wait, now=None):
+    """Store this bucket's gauges: available stock per product id and the latency percentiles."""
+    key = keys.metrics(f"gauges:{_bucket(now)}")
+    values = {f"stock:{pid}": available for pid, available in stock_by_product.items()}
+    for name, points in (("latency", hold_latency), ("lock_wait", lock_wait)):
+        values.update({f"{name}:{p}": v for p, v in points.items() if v is not None})
+    if not values:
+        return
+    pipe = redis.pipeline(transaction=False)
+    pipe.hset(key, mapping=values)
+    pipe.expire(key, BUCKET_SECONDS * WINDOW_BUCKETS)
+    pipe.execute()
+
+
+def gauge_series(redis, buckets=WINDOW_BUCKETS, now=None):
+    """[{"t": bucket start, "stock": {pid: available}, "latency": {...}, "lock_wait": {...}}] oldest first.
+
+    A bucket nobody sampled has empty mappings (the chart shows a gap, not a made-up value).
+    """
+    now_bucket = _bucket(now)
+    first = now_bucket - buckets + 1
+    pipe = redis.pipeline(transaction=False)
+    for b in range(first, now_bucket + 1):
+        pipe.hgetall(keys.metrics(f"gauges:{b}"))
+    series = []
+    for i, raw in enumerate(pipe.execute()):
+        point = {"t": (first + i) * BUCKET_SECONDS, "stock": {}, "latency": {}, "lock_wait": {}}
+        for field, value in raw.items():
+            group, _, name = field.decode().partition(":")
+            if group in point:
+                point[group][name] = float(value) if group != "stock" else int(value)
+        series.append(point)
+    return series

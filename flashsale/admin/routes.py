@@ -1,13 +1,10 @@
-"""GET /admin/metrics: one JSON snapshot of what the sale is doing, for the dashboard's 5 s poll."""
+"""The admins' read-only dashboard (GET /admin/) and the JSON snapshot it polls (GET /admin/metrics)."""
 
 import hmac
 
-from flask import Blueprint, abort, current_app, jsonify, request
+from flask import Blueprint, abort, current_app, jsonify, render_template, request
 
-from .. import metrics
-from ..extensions import db, redis_store
-from ..inventory.stock import stock_levels
-from ..models import Product
+from . import board
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
@@ -26,30 +23,14 @@ def require_admin_token():
         abort(404)
 
 
+@bp.get("/")
+def dashboard():
+    """The read-only dashboard: rendered with the current numbers, then kept fresh by a 5 s poll."""
+    return render_template("admin/dashboard.html", board=board.snapshot(),
+                           poll_seconds=current_app.config.get("ADMIN_POLL_SECONDS", 5))
+
+
 @bp.get("/metrics")
 def metrics_json():
-    """Counters, series and latency from Redis, plus stock per product from the database."""
-    snapshot = metrics.snapshot(redis_store.client)
-    levels = stock_levels(db.session)
-    products = db.session.query(Product).order_by(Product.id).all()
-    snapshot["products"] = [
-        {"id": p.id, "slug": p.slug, "name": p.name, "total": levels[p.id].total,
-         "available": levels[p.id].available, "held": levels[p.id].held,
-         "confirmed": levels[p.id].confirmed}
-        for p in products
-    ]
-    snapshot["queue"] = queue_stats()
-    return jsonify(snapshot)
-
-
-def queue_stats():
-    """RQ queue depth, scheduled jobs, failed jobs and live workers."""
-    from rq import Worker
-
-    queue = redis_store.queue
-    return {
-        "depth": queue.count,
-        "scheduled": queue.scheduled_job_registry.count,
-        "failed": queue.failed_job_registry.count,
-        "workers": Worker.count(queue=queue),
-    }
+    """Counters, series and latency from Redis, stock and outcomes per product from the database."""
+    return jsonify(board.snapshot())

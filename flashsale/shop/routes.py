@@ -1,22 +1,183 @@
-"""Shopper pages: the sales list (the full shop arrives with the web issue)."""
+"""Shopper pages: the sales list, a product with its buy form, and a hold with confirm and release.
 
-from flask import Blueprint, render_template
+Every core action is a plain POST form answered by a redirect (works without JavaScript); the scripts in
+static/js only poll the small JSON endpoints here to keep numbers and countdowns fresh. Refusals from
+the domain become the same page with a flash message and the contract's status code (design section 6).
+"""
+
+from flask import Blueprint, abort, current_app, flash, jsonify, redirect, render_template, url_for
 from sqlalchemy import select
 
-from ..extensions import db
+from .. import checkout, metrics
+from ..api.serialise import iso
+from ..errors import FlashsaleError, HoldConfirmed, HoldExpired, HoldReleased, InvalidInput
+from ..extensions import db, redis_store
+from ..inventory import catalog, holds
 from ..inventory.clock import db_now
 from ..inventory.stock import sale_state, stock_levels
+from ..jobs import enqueue_confirmation
 from ..models import Product
+from ..ratelimits import hold_limits
+from . import presenting
+from .forms import HoldActionForm, HoldForm
 
 bp = Blueprint("shop", __name__)
 
 
 @bp.get("/")
 def index():
-    """Live, upcoming and ended sales with a stock indicator."""
+    """Live, upcoming and ended sales with a stock indicator and a countdown to each start."""
     session = db.session
-    products = session.execute(select(Product).order_by(Product.sale_starts_at)).scalars().all()
+    products = session.execute(select(Product).order_by(Product.sale_starts_at, Product.id)).scalars().all()
     levels = stock_levels(session)
     now = db_now(session)
-    rows = [(p, levels[p.id], sale_state(p, levels[p.id].available, now)) for p in products]
-    return render_template("shop/index.html", rows=rows)
+    groups = {"live": [], "upcoming": [], "ended": []}
+    for product in products:
+        state = sale_state(product, levels[product.id].available, now)
+        groups["live" if state == "sold_out" else state].append((product, levels[product.id], state))
+    return render_template("shop/index.html", groups=groups, now=now)
+
+
+@bp.get("/products/<ref>")
+def product(ref):
+    """A product: description, price, live stock and the buy form (disabled unless the sale is live)."""
+    found = catalog.find_product(db.session, ref)
+    return render_product(found, HoldForm(max_quantity=max_quantity(found)).fresh_key())
+
+
+@bp.get("/products/<ref>/stock")
+def product_stock(ref):
+    """JSON for the product page's poll: available units, sale state and the server's clock."""
+    session = db.session
+    found = catalog.find_product(session, ref)
+    level = stock_levels(session, [found.id])[found.id]
+    now = db_now(session)
+    return jsonify(available=level.available, total=level.total,
+                   state=sale_state(found, level.available, now), server_time=iso(now))
+
+
+@bp.post("/products/<ref>/hold")
+@hold_limits
+def buy(ref):
+    """Place a hold from the buy form; one hold per rendering of the form however often it is sent."""
+    found = catalog.find_product(db.session, ref)
+    form = HoldForm(max_quantity=max_quantity(found))
+    if not form.validate_on_submit():
+        return render_product(found, form, 422)
+    try:
+        placed = checkout.place_hold(found.slug, form.email.data, form.quantity.data,
+                                     form.idempotency_key.data or None)
+    except InvalidInput as invalid:
+        for name, problem in invalid.fields.items():
+            target = getattr(form, name, None) if name in ("email", "quantity") else None
+            (target.errors if target else form.form_errors).append(problem)
+        return render_product(found, form.fresh_key(), 422)
+    except FlashsaleError as refusal:
+        flash(presenting.refusal_message(refusal), "error")
+        if refusal.code == "idempotency_mismatch":
+            form.fresh_key()
+        return with_retry_after(render_product(found, form, refusal.status), refusal)
+    if not placed.created:
+        flash("You already placed this hold; here it is.", "info")
+    return redirect(url_for("shop.hold", token=placed.hold.id), 303)
+
+
+@bp.get("/holds/<token>")
+def hold(token):
+    """The hold page: countdown to expiry, confirm and release, or the hold's final outcome."""
+    return render_hold(holds.get_hold(db.session, token))
+
+
+@bp.get("/holds/<token>/status")
+def hold_status(token):
+    """JSON for the hold page's poll: status as of the database clock, and whether payment is running."""
+    session = db.session
+    order = holds.get_hold(session, token)
+    now = db_now(session)
+    status = presenting.effective_status(order, now)
+    return jsonify(status=status, confirming=status == "PENDING" and presenting.confirming(order),
+                   hold_expires_at=iso(order.hold_expires_at), server_time=iso(now))
+
+
+@bp.post("/holds/<token>/confirm")
+def confirm(token):
+    """Queue the payment and confirmation (the worker decides), then show the hold page polling it."""
+    session = db.session
+    require_action_form()
+    try:
+        order, needs_job = holds.check_confirmable(session, token)
+    except (HoldExpired, HoldReleased) as refusal:
+        return refused_on_hold_page(token, refusal)
+    if needs_job:
+        enqueue_confirmation(redis_store.queue, order)
+        flash("Payment is being processed. This page updates by itself.", "info")
+    else:
+        flash("This hold is already confirmed.", "info")
+    return redirect(url_for("shop.hold", token=token), 303)
+
+
+@bp.post("/holds/<token>/release")
+def release(token):
+    """Give the units back at once."""
+    require_action_form()
+    try:
+        order = holds.release_hold(db.session, redis_store.client, token)
+    except (HoldConfirmed, HoldExpired) as refusal:
+        return refused_on_hold_page(token, refusal)
+    metrics.record_outcome(redis_store.client, "released", order.product_id)
+    flash("Hold released: the units are back on sale.", "info")
+    return redirect(url_for("shop.hold", token=token), 303)
+
+
+def require_action_form():
+    """Confirm and release carry only the CSRF token, which CSRFProtect has checked already."""
+    if not HoldActionForm().validate_on_submit():
+        abort(400)
+
+
+def refused_on_hold_page(token, refusal):
+    """The hold page again, with why the action was refused and its status code (409)."""
+    session = db.session
+    session.rollback()
+    flash(presenting.refusal_message(refusal), "error")
+    return render_hold(holds.get_hold(session, token), refusal.status)
+
+
+def max_quantity(product):
+    """The most one customer may choose in the form."""
+    return max(1, min(product.max_per_customer, current_app.config["MAX_QUANTITY"]))
+
+
+def render_product(product, form, status=200):
+    """The product page with its current stock, state and the given form."""
+    session = db.session
+    level = stock_levels(session, [product.id])[product.id]
+    now = db_now(session)
+    state = sale_state(product, level.available, now)
+    page = render_template("shop/product.html", product=product, level=level, state=state, form=form,
+                           now=now, max_quantity=form.max_quantity)
+    return page, status
+
+
+def render_hold(order, status=200):
+    """The hold page for an order, with its effective status by the database clock."""
+    session = db.session
+    now = db_now(session)
+    effective = presenting.effective_status(order, now)
+    product = session.get(Product, order.product_id)
+    page = render_template(
+        "shop/hold.html", order=order, product=product, status=effective, now=now,
+        confirming=effective == "PENDING" and presenting.confirming(order),
+        release_reason=presenting.release_reason(session, order) if effective == "RELEASED" else None,
+        form=HoldActionForm())
+    return page, status
+
+
+def with_retry_after(page, refusal):
+    """Add Retry-After to a 429 or 503 page, as the API does."""
+    body, status = page
+    response = current_app.make_response((body, status))
+    if status in (429, 503):
+        response.headers["Retry-After"] = str(
+            getattr(refusal, "retry_after", None) or current_app.config["RETRY_AFTER_SECONDS"])
+    return response

@@ -1,0 +1,80 @@
+"""What the dashboard shows: Redis metrics, stock and hold outcomes per product, the queue, recent holds."""
+
+from sqlalchemy import and_, func, or_, select
+
+from .. import metrics
+from ..api.serialise import iso
+from ..extensions import db, redis_store
+from ..inventory.audit import mask_email
+from ..inventory.clock import db_now, now_expression
+from ..inventory.stock import stock_levels
+from ..models import CONFIRMED, EXPIRED, PENDING, RELEASED, Order, Product
+
+RECENT_HOLDS = 10
+
+
+def snapshot():
+    """One JSON-ready picture for GET /admin/metrics and the dashboard page (emails masked)."""
+    session = db.session
+    redis = redis_store.client
+    board = metrics.snapshot(redis)
+    levels = stock_levels(session)
+    outcomes = hold_outcomes(session)
+    products = session.execute(select(Product).order_by(Product.id)).scalars().all()
+    board["products"] = [product_row(p, levels[p.id], outcomes.get(p.id)) for p in products]
+    metrics.sample_gauges(redis, {p.id: levels[p.id].available for p in products},
+                          board["hold_latency_ms"], board["lock_wait_ms"])
+    board["gauges"] = metrics.gauge_series(redis)
+    board["queue"] = queue_stats()
+    board["recent_holds"] = recent_holds(session, {p.id: p.slug for p in products})
+    board["server_time"] = iso(db_now(session))
+    session.rollback()
+    return board
+
+
+def product_row(product, level, outcome):
+    """A row of the per-product table: stock in units, and how its holds ended."""
+    holds_made, confirmed_holds, expired_units, released_units = outcome or (0, 0, 0, 0)
+    return {
+        "id": product.id, "slug": product.slug, "name": product.name,
+        "total": level.total, "available": level.available, "held": level.held,
+        "confirmed": level.confirmed, "expired": expired_units, "released": released_units,
+        "holds": holds_made, "confirmed_holds": confirmed_holds,
+        "conversion_rate": round(confirmed_holds / holds_made, 4) if holds_made else None,
+    }
+
+
+def hold_outcomes(session):
+    """{product_id: (holds, confirmed holds, expired units, released units)}; lapsed holds count as expired."""
+    now = now_expression(session)
+    expired = or_(Order.status == EXPIRED, and_(Order.status == PENDING, Order.hold_expires_at <= now))
+    rows = session.execute(
+        select(Order.product_id, func.count(),
+               func.count().filter(Order.status == CONFIRMED),
+               func.coalesce(func.sum(Order.quantity).filter(expired), 0),
+               func.coalesce(func.sum(Order.quantity).filter(Order.status == RELEASED), 0))
+        .group_by(Order.product_id)
+    )
+    return {pid: (int(n), int(c), int(e), int(r)) for pid, n, c, e, r in rows}
+
+
+def recent_holds(session, slugs):
+    """The latest holds, newest first, with the customer's email masked."""
+    orders = session.execute(
+        select(Order).order_by(Order.created_at.desc()).limit(RECENT_HOLDS)).scalars()
+    return [{"product": slugs.get(o.product_id), "email": mask_email(o.customer_email),
+             "quantity": o.quantity, "status": o.status, "created_at": iso(o.created_at)}
+            for o in orders]
+
+
+def queue_stats():
+    """RQ queue depth, scheduled jobs, failed jobs and live workers."""
+    from rq import Worker
+
+    queue = redis_store.queue
+    return {
+        "depth": queue.count,
+        "scheduled": queue.scheduled_job_registry.count,
+        "failed": queue.failed_job_registry.count,
+        "workers": Worker.count(queue=queue),
+    }

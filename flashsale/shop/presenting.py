@@ -1,0 +1,63 @@
+"""How holds and refusals read to a shopper: effective status, payment in progress, friendly messages."""
+
+import logging
+
+from redis.exceptions import RedisError
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
+from sqlalchemy import select
+
+from ..extensions import redis_store
+from ..models import EXPIRED, PENDING, RELEASED, InventoryEvent
+
+log = logging.getLogger(__name__)
+RUNNING_JOB = {"queued", "started", "deferred", "scheduled"}
+
+
+def effective_status(order, now):
+    """The hold's status as the clock has decided it: a lapsed PENDING hold is EXPIRED already."""
+    if order.status == PENDING and order.hold_expires_at <= now:
+        return EXPIRED
+    return order.status
+
+
+def confirming(order):
+    """True while the hold's confirmation job is queued or running (best effort: False if unknown)."""
+    try:
+        job = Job.fetch(f"confirm-{order.id}", connection=redis_store.client)
+        status = job.get_status(refresh=False)
+    except (NoSuchJobError, RedisError):
+        return False
+    return getattr(status, "value", status) in RUNNING_JOB
+
+
+def release_reason(session, order):
+    """Why a hold was released: "customer" or "payment_refused" (from its ledger event)."""
+    metadata = session.execute(
+        select(InventoryEvent.event_metadata).where(
+            InventoryEvent.order_id == order.id, InventoryEvent.type == RELEASED)
+    ).scalar_one_or_none()
+    return (metadata or {}).get("reason", "customer")
+
+
+def refusal_message(refusal):
+    """A sentence for a shopper saying what happened and what to do next."""
+    details = refusal.details
+    if refusal.code == "sold_out":
+        available = details.get("available")
+        if available:
+            return f"Not enough stock: only {available} left. Choose fewer and try again."
+        return "Sold out: every unit is taken. Held units come back if their holds expire."
+    if refusal.code == "limit_exceeded":
+        return f"That would exceed the limit of {details.get('limit')} per customer for this sale."
+    if refusal.code == "unavailable":
+        return "So many buyers at once that we could not serve you in time. Please try again in a moment."
+    if refusal.code == "idempotency_mismatch":
+        return "This form was already sent with different details. Check them and send it again."
+    if refusal.code == "hold_expired":
+        return "This hold has expired, so it can no longer be confirmed. The units went back on sale."
+    if refusal.code == "hold_released":
+        return "This hold was released, so it can no longer be confirmed."
+    if refusal.code == "hold_confirmed":
+        return "This hold is already confirmed, so it cannot be released."
+    return refusal.message

@@ -1,0 +1,154 @@
+/* The admin dashboard: poll GET /admin/metrics every few seconds and redraw the numbers and charts.
+ * An ADMIN_TOKEN given to the page as ?token=... is sent with each poll (as X-Admin-Token). */
+(function () {
+  "use strict";
+  var root = document.querySelector("[data-dashboard]");
+  if (!root || !window.Chart) return;
+  var token = new URLSearchParams(window.location.search).get("token");
+  var pollMs = 1000 * Number(root.getAttribute("data-poll-seconds") || 5);
+  var OUTCOMES = [
+    ["created", "Created", "#2563eb"], ["confirmed", "Confirmed", "#16a34a"],
+    ["expired", "Expired", "#d97706"], ["released", "Released", "#7c3aed"],
+    ["sold_out", "Sold out", "#dc2626"], ["rate_limited", "Rate-limited", "#db2777"],
+    ["busy", "Busy", "#0891b2"], ["rejected", "Other refusals", "#6b7280"]
+  ];
+  var PALETTE = ["#2563eb", "#16a34a", "#d97706", "#dc2626", "#7c3aed", "#0891b2", "#db2777", "#4b5563"];
+  var LATENCY = [
+    ["latency", "p50", "Hold p50", "#16a34a"], ["latency", "p95", "Hold p95", "#d97706"],
+    ["latency", "p99", "Hold p99", "#dc2626"], ["lock_wait", "p95", "Lock wait p95", "#6b7280"]
+  ];
+  Chart.defaults.font.family = getComputedStyle(document.body).fontFamily;
+
+  function lineChart(id, datasets, stacked) {
+    return new Chart(document.getElementById(id), {
+      type: "line",
+      data: { labels: [], datasets: datasets },
+      options: {
+        animation: false, responsive: true, maintainAspectRatio: false, spanGaps: true,
+        interaction: { mode: "index", intersect: false },
+        elements: { point: { radius: 0 }, line: { borderWidth: 2, tension: 0.2 } },
+        scales: { x: { ticks: { maxTicksLimit: 8 } }, y: { beginAtZero: true, stacked: !!stacked } },
+        plugins: { legend: { position: "bottom", labels: { boxWidth: 12 } } }
+      }
+    });
+  }
+
+  var charts = {
+    outcomes: lineChart("chart-outcomes", OUTCOMES.map(function (o) {
+      return { label: o[1], data: [], borderColor: o[2], backgroundColor: o[2] };
+    })),
+    stock: lineChart("chart-stock", []),
+    latency: lineChart("chart-latency", LATENCY.map(function (l) {
+      return { label: l[2], data: [], borderColor: l[3], backgroundColor: l[3] };
+    }))
+  };
+
+  function clock(t) {
+    return new Date(t * 1000).toISOString().substring(11, 19);
+  }
+
+  function pick(data, path) {
+    return path.split(".").reduce(function (value, key) {
+      return value == null ? value : value[key];
+    }, data);
+  }
+
+  function cell(tag, text, scope) {
+    var el = document.createElement(tag);
+    el.textContent = text;
+    if (scope) el.setAttribute("scope", scope);
+    return el;
+  }
+
+  function percent(rate) {
+    return rate == null ? "–" : Math.round(rate * 100) + "%";
+  }
+
+  function fillTables(board) {
+    var products = root.querySelector("[data-products]");
+    products.replaceChildren.apply(products, board.products.map(function (p) {
+      var row = document.createElement("tr");
+      row.setAttribute("data-product-row", p.slug);
+      row.appendChild(cell("th", p.name, "row"));
+      ["total", "available", "held", "confirmed", "expired", "released", "holds"].forEach(function (col) {
+        var td = cell("td", String(p[col]));
+        td.setAttribute("data-col", col);
+        row.appendChild(td);
+      });
+      var rate = cell("td", percent(p.conversion_rate));
+      rate.setAttribute("data-col", "conversion_rate");
+      row.appendChild(rate);
+      return row;
+    }));
+    var recent = root.querySelector("[data-recent]");
+    recent.replaceChildren.apply(recent, board.recent_holds.map(function (h) {
+      var row = document.createElement("tr");
+      [h.created_at, h.product, h.email, String(h.quantity), h.status.toLowerCase()].forEach(function (v) {
+        row.appendChild(cell("td", v));
+      });
+      return row;
+    }));
+  }
+
+  function drawCharts(board) {
+    var labels = board.series.map(function (b) { return clock(b.t); });
+    charts.outcomes.data.labels = labels;
+    charts.outcomes.data.datasets.forEach(function (dataset, i) {
+      dataset.data = board.series.map(function (b) { return b[OUTCOMES[i][0]] || 0; });
+    });
+    charts.outcomes.update("none");
+
+    var gaugeLabels = board.gauges.map(function (g) { return clock(g.t); });
+    charts.stock.data.labels = gaugeLabels;
+    charts.stock.data.datasets = board.products.map(function (p, i) {
+      var color = PALETTE[i % PALETTE.length];
+      return {
+        label: p.name, borderColor: color, backgroundColor: color,
+        data: board.gauges.map(function (g) {
+          var v = g.stock[String(p.id)];
+          return v === undefined ? null : v;
+        })
+      };
+    });
+    charts.stock.update("none");
+
+    charts.latency.data.labels = gaugeLabels;
+    charts.latency.data.datasets.forEach(function (dataset, i) {
+      var group = LATENCY[i][0], point = LATENCY[i][1];
+      dataset.data = board.gauges.map(function (g) {
+        var v = g[group][point];
+        return v === undefined ? null : v;
+      });
+    });
+    charts.latency.update("none");
+  }
+
+  function show(board) {
+    root.querySelectorAll("[data-metric]").forEach(function (el) {
+      var value = pick(board, el.getAttribute("data-metric"));
+      el.textContent = value == null ? "–" : String(value);
+    });
+    root.querySelector("[data-updated]").textContent = board.server_time;
+    fillTables(board);
+    drawCharts(board);
+    root.setAttribute("data-polls", String(Number(root.getAttribute("data-polls")) + 1));
+  }
+
+  var errorNote = root.querySelector("[data-poll-error]");
+  FS.poll(function () {
+    var headers = { Accept: "application/json" };
+    if (token) headers["X-Admin-Token"] = token;
+    return fetch(root.getAttribute("data-metrics-url"), { headers: headers, cache: "no-store", credentials: "same-origin" })
+      .then(function (response) {
+        if (!response.ok) throw new Error("metrics answered " + response.status);
+        return response.json();
+      })
+      .then(function (board) {
+        errorNote.hidden = true;
+        show(board);
+      }, function (error) {
+        errorNote.hidden = false;
+        throw error;
+      });
+  }, pollMs);
+})();
