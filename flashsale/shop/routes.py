@@ -16,7 +16,7 @@ from ..inventory import catalog, holds
 from ..inventory.clock import db_now
 from ..inventory.stock import sale_state, stock_levels
 from ..jobs import enqueue_confirmation
-from ..models import Product
+from ..models import RELEASED, Product
 from ..ratelimits import hold_limits
 from . import presenting
 from .forms import HoldActionForm, HoldForm
@@ -120,6 +120,9 @@ def confirm(token):
 def release(token):
     """Give the units back at once."""
     require_action_form()
+    if holds.get_hold(db.session, token).status == RELEASED:
+        flash("This hold was already released.", "info")  # a second click: nothing to do or count
+        return redirect(url_for("shop.hold", token=token), 303)
     try:
         order = holds.release_hold(db.session, redis_store.client, token)
     except (HoldConfirmed, HoldExpired) as refusal:
