@@ -1,0 +1,100 @@
+"""Helpers shared by the fault tests (tests/test_faults_*.py): plain HTTP calls, bursts, and the
+database facts every fault test checks afterwards (which holds exist, and that audit() passes)."""
+
+import json
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from config import TestConfig
+from flashsale.extensions import db
+from flashsale.inventory.audit import audit
+from flashsale.models import InventoryEvent, Order
+
+DATABASE_URL = TestConfig.SQLALCHEMY_DATABASE_URI
+
+
+@dataclass
+class Answer:
+    """One HTTP answer (status 0 when the connection failed), with when it was sent and how long it took."""
+
+    status: int
+    body: dict
+    headers: dict
+    sent_at: float
+    seconds: float
+
+    @property
+    def code(self):
+        return (self.body.get("error") or {}).get("code")
+
+
+def call(url, method="GET", body=None, headers=None, timeout=30):
+    """Send one request with a fresh connection; never raises for HTTP or connection errors."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers={
+        "Content-Type": "application/json", "Connection": "close", **(headers or {})})
+    started = time.monotonic()
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status, raw, head = response.status, response.read(), dict(response.headers)
+    except urllib.error.HTTPError as error:
+        status, raw, head = error.code, error.read(), dict(error.headers)
+    except OSError as error:
+        return Answer(0, {"transport_error": repr(error)}, {}, started, time.monotonic() - started)
+    try:
+        parsed = json.loads(raw) if raw else {}
+    except ValueError:
+        parsed = {"raw": raw[:200].decode(errors="replace")}
+    return Answer(status, parsed, head, started, time.monotonic() - started)
+
+
+def hold(url, slug, email, **headers):
+    """POST a one-unit hold."""
+    return call(f"{url}/api/products/{slug}/holds", "POST", {"email": email}, headers)
+
+
+def burst(url, slug, emails, concurrency=16, **headers):
+    """Place holds for every email with `concurrency` clients at once; answers in email order."""
+    with ThreadPoolExecutor(concurrency) as pool:
+        return list(pool.map(lambda email: hold(url, slug, email, **headers), emails))
+
+
+def orders(app, **filters):
+    """{hold id: Order} for every order matching filters."""
+    with app.app_context():
+        rows = db.session.execute(select(Order).filter_by(**filters)).scalars().all()
+        found = {row.id: row for row in rows}
+        db.session.expunge_all()
+        db.session.remove()
+        return found
+
+
+def events_of(app, hold_id):
+    """[(type, metadata)] of one hold's ledger events, oldest first."""
+    with app.app_context():
+        rows = db.session.execute(
+            select(InventoryEvent.type, InventoryEvent.event_metadata)
+            .where(InventoryEvent.order_id == hold_id).order_by(InventoryEvent.id)).all()
+        db.session.remove()
+        return [tuple(row) for row in rows]
+
+
+def assert_audit_passes(app):
+    """The invariant checks `flask audit` runs find nothing wrong."""
+    with app.app_context():
+        breaches = audit(db.session)
+        db.session.remove()
+    assert breaches == [], "\n".join(map(str, breaches))
+
+
+def assert_every_accepted_hold_is_stored(app, answers):
+    """Each 201 a client received is a hold in the database, and no hold exists that nobody was given."""
+    accepted = {answer.body["id"] for answer in answers if answer.status == 201}
+    stored = set(orders(app))
+    assert accepted <= stored, f"accepted holds missing from the database: {accepted - stored}"
+    return accepted, stored
