@@ -1,0 +1,78 @@
+"""Load generators: wrk (closed loop, N connections, fixed time) and an asyncio burst of distinct buyers."""
+
+import asyncio
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import aiohttp
+
+LUA = Path(__file__).resolve().parent / "load.lua"
+
+
+def wrk(base_url, paths, *, method="POST", connections=200, seconds=10, tag="x", threads=2):
+    """Run wrk against `paths` (cycled) and return its counts and latency percentiles."""
+    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "30s",
+           "-s", str(LUA), base_url, "--", method, tag, *paths]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
+    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("BENCHJSON ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk gave no result: {out.stdout}\n{out.stderr}")
+    result = json.loads(line[len("BENCHJSON "):])
+    result["statuses"] = {int(k): v for k, v in result["statuses"].items()}
+    result["ok_per_s"] = result["statuses"].get(201, 0) / result["duration_s"]
+    result["req_per_s"] = result["requests"] / result["duration_s"]
+    return result
+
+
+def percentile(ordered, p):
+    """Nearest-rank percentile of an already sorted list."""
+    if not ordered:
+        return None
+    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))]
+
+
+def burst(url, buyers, tag):
+    """`buyers` distinct buyers POST a hold at the same instant, each on its own connection."""
+    return asyncio.run(_burst(url, buyers, tag))
+
+
+async def _burst(url, buyers, tag):
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)
+    timeout = aiohttp.ClientTimeout(total=120)
+    go = asyncio.Event()
+    results = []
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
+
+        async def buyer(i):
+            await go.wait()
+            body = {"email": f"burst{tag}.{i}@bench.example", "quantity": 1}
+            try:
+                async with http.post(url, json=body) as response:
+                    await response.read()
+                    status = response.status
+            except (TimeoutError, aiohttp.ClientError):
+                status = 0
+            results.append((status, time.perf_counter() - started))
+
+        tasks = [asyncio.create_task(buyer(i)) for i in range(buyers)]
+        await asyncio.sleep(0.2)  # every buyer is parked on the starting line
+        started = time.perf_counter()
+        go.set()
+        await asyncio.gather(*tasks)
+    statuses = {}
+    for status, _ in results:
+        statuses[status] = statuses.get(status, 0) + 1
+    latencies = sorted(t for _, t in results)
+    won = sorted(t for status, t in results if status == 201)
+    return {
+        "buyers": buyers,
+        "statuses": statuses,
+        "won": len(won),
+        "sold_out_s": won[-1] if won else None,
+        "all_answered_s": latencies[-1],
+        "p50_ms": percentile(latencies, 50) * 1000,
+        "p95_ms": percentile(latencies, 95) * 1000,
+        "p99_ms": percentile(latencies, 99) * 1000,
+    }

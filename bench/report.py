@@ -1,0 +1,143 @@
+"""Turning rounds of raw results into medians, spreads, same-run ratios, targets and one table."""
+
+import statistics
+
+# (scenario, metric, label) rows of the table, in order.
+ROWS = [
+    ("hello", "req_per_s", "hello-world ceiling, req/s"),
+    ("soldout", "req_per_s", "sold-out rejections, req/s"),
+    ("soldout", "p99_ms", "sold-out rejections, p99 ms"),
+    ("hot", "ok_per_s", "hot product (200 clients), holds/s"),
+    ("hot", "p50_ms", "hot product, p50 ms"),
+    ("hot", "p99_ms", "hot product, p99 ms"),
+    ("lockfree", "ok_per_s", "lock-free baseline, holds/s"),
+    ("lockfree", "p50_ms", "lock-free baseline, p50 ms"),
+    ("lockfree", "p99_ms", "lock-free baseline, p99 ms"),
+    ("naive", "ok_per_s", "naive (sleep-polled lock + SUM), holds/s"),
+    ("naive", "p99_ms", "naive, p99 ms"),
+    ("many", "ok_per_s", "100 products at once, holds/s"),
+    ("many", "p99_ms", "100 products, p99 ms"),
+    ("size0", "ok_per_s", "empty sale (16 clients), holds/s"),
+    ("size0", "p50_ms", "empty sale, p50 ms"),
+    ("sizefull", "ok_per_s", "sale with history (16 clients), holds/s"),
+    ("sizefull", "p50_ms", "sale with history, p50 ms"),
+    ("burst", "won", "burst: holds won (must be 100)"),
+    ("burst", "sold_out_s", "burst: time until sold out, s"),
+    ("burst", "all_answered_s", "burst: time until every buyer answered, s"),
+    ("burst", "p50_ms", "burst: p50 ms"),
+    ("burst", "p95_ms", "burst: p95 ms"),
+    ("burst", "p99_ms", "burst: p99 ms"),
+]
+
+# (name, numerator, denominator, target, passes(value)) computed per round, reported as medians.
+RATIOS = [
+    ("sold-out rejections / hello world", ("soldout", "req_per_s"), ("hello", "req_per_s"),
+     ">= 0.60", lambda r: r >= 0.6),
+    ("hot product / lock-free baseline", ("hot", "ok_per_s"), ("lockfree", "ok_per_s"),
+     ">= 1.00", lambda r: r >= 1.0),
+    ("hot product / naive", ("hot", "ok_per_s"), ("naive", "ok_per_s"), "(contrast)", None),
+    ("100 products / hot product", ("many", "ok_per_s"), ("hot", "ok_per_s"),
+     ">= 4.0", lambda r: r >= 4.0),
+    ("empty sale / sale with history (slowdown)", ("size0", "ok_per_s"), ("sizefull", "ok_per_s"),
+     "<= 1.50", lambda r: r <= 1.5),
+]
+
+# (name, scenario, metric, target, passes(value)) on medians.
+ABSOLUTE = [
+    ("hot product p99 under 1 s at 200 clients", "hot", "p99_ms", "< 1000 ms", lambda v: v < 1000),
+    ("burst sold out within 1 s", "burst", "sold_out_s", "<= 1.0 s", lambda v: v <= 1.0),
+    ("burst: every buyer answered within 6 s", "burst", "all_answered_s", "<= 6.0 s",
+     lambda v: v <= 6.0),
+]
+
+
+def brief(result):
+    """One line about a wrk run."""
+    others = {k: v for k, v in result["statuses"].items() if k not in (200, 201, 409)}
+    errors = {k: v for k, v in result["errors"].items() if v}
+    return (f"{result['ok_per_s']:8.1f} holds/s {result['req_per_s']:8.1f} req/s  "
+            f"p50 {result['p50_ms']:7.1f}  p99 {result['p99_ms']:7.1f} ms"
+            + (f"  other statuses {others}" if others else "")
+            + (f"  socket errors {errors}" if errors else ""))
+
+
+def brief_burst(result):
+    """One line about a burst."""
+    return (f"won {result['won']} (orders {result['orders']})  sold out {result['sold_out_s']:.2f} s  "
+            f"all answered {result['all_answered_s']:.2f} s  p50 {result['p50_ms']:.0f}  "
+            f"p99 {result['p99_ms']:.0f} ms  statuses {result['statuses']}")
+
+
+def _stats(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    median = statistics.median(values)
+    spread = (max(values) - min(values)) / median if median else 0.0
+    return {"median": median, "min": min(values), "max": max(values), "spread": spread,
+            "values": values}
+
+
+def summarise(rounds):
+    """Medians and spreads of every table row and ratio, plus target verdicts."""
+    rows = {f"{s}.{m}": _stats([r.get(s, {}).get(m) for r in rounds]) for s, m, _ in ROWS}
+    ratios = {}
+    for name, (ns, nm), (ds, dm), target, passes in RATIOS:
+        stats = _stats([r[ns][nm] / r[ds][dm] for r in rounds
+                        if ns in r and ds in r and r[ds][dm]])
+        ratios[name] = {**(stats or {}), "target": target,
+                        "met": None if passes is None or not stats else passes(stats["median"])}
+    absolute = {}
+    for name, s, m, target, passes in ABSOLUTE:
+        stats = rows[f"{s}.{m}"]
+        absolute[name] = {"median": stats and stats["median"], "target": target,
+                          "met": bool(stats) and passes(stats["median"])}
+    return {"rows": rows, "ratios": ratios, "targets": absolute}
+
+
+def problems(rounds, units):
+    """Every correctness failure in the rounds: an oversell, a lost hold, a sale to a sold-out product."""
+    found = []
+    for n, r in enumerate(rounds, 1):
+        burst = r.get("burst")
+        if burst and (burst["won"], burst["orders"], burst["events"]) != (units, units, units):
+            found.append(f"round {n}: burst won {burst['won']}, orders {burst['orders']}, "
+                         f"events {burst['events']} (must all be {units})")
+        if r.get("soldout", {}).get("created"):
+            found.append(f"round {n}: {r['soldout']['created']} holds on a sold-out product")
+    return found
+
+
+def _fmt(value):
+    if value is None:
+        return "-"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.2f}"
+
+
+def table(summary, machine, args):
+    """The markdown table of a run."""
+    lines = [
+        f"machine: nproc={machine['nproc']}, load average {machine['loadavg'][0]:.2f} at the end, "
+        f"git {machine['git']}; {args.rounds} round(s) x {args.seconds} s per scenario",
+        "",
+        "| measurement | median | min - max | spread |",
+        "|---|---:|---:|---:|",
+    ]
+    for s, m, label in ROWS:
+        st = summary["rows"][f"{s}.{m}"]
+        if st:
+            lines.append(f"| {label} | {_fmt(st['median'])} | {_fmt(st['min'])} - {_fmt(st['max'])} "
+                         f"| {st['spread']:.0%} |")
+    lines += ["", "| ratio (same round, median of rounds) | median | min - max | target | met |",
+              "|---|---:|---:|---|---|"]
+    for name, st in summary["ratios"].items():
+        met = {True: "yes", False: "**no**", None: ""}[st["met"]]
+        lines.append(f"| {name} | {_fmt(st.get('median'))} | {_fmt(st.get('min'))} - "
+                     f"{_fmt(st.get('max'))} | {st['target']} | {met} |")
+    lines += ["", "| absolute target | median | target | met |", "|---|---:|---|---|"]
+    for name, st in summary["targets"].items():
+        met = "yes" if st["met"] else "**no**"
+        lines.append(f"| {name} | {_fmt(st['median'])} | {st['target']} | {met} |")
+    return "\n".join(lines)
