@@ -1,0 +1,56 @@
+"""Playwright driving Debian's Chromium against real gunicorn + RQ worker processes.
+
+Skipped only when /usr/bin/chromium is missing outside CI; with CI=true a missing browser fails the run
+(.ci/run installs it). Never `playwright install`: the machines cannot download browser builds.
+"""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from config import TestConfig
+from tests.live_server import LiveServer
+
+CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+IN_CI = os.environ.get("CI", "").lower() == "true"
+ADMIN_TOKEN = "browser-admin-token"
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """A headless Chromium, shared by every browser test."""
+    if not CHROMIUM.exists():
+        if IN_CI:
+            pytest.fail(f"CI=true but {CHROMIUM} is missing: .ci/run should have installed chromium")
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def live(app, chromium):
+    """gunicorn and a worker with the scheduler on the test database and Redis; ADMIN_TOKEN is set."""
+    with LiveServer(TestConfig.SQLALCHEMY_DATABASE_URI, TestConfig.REDIS_URL, workers=1, threads=8,
+                    with_worker=True, HOLD_SECONDS=60, ADMIN_TOKEN=ADMIN_TOKEN) as server:
+        yield server
+
+
+@pytest.fixture
+def page(chromium):
+    """A fresh browser context and page; fails the test if the page broke the CSP or threw."""
+    context = chromium.new_context(viewport={"width": 1100, "height": 900})
+    context.set_default_timeout(10_000)
+    page = context.new_page()
+    problems = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    yield page
+    context.close()
+    assert not problems, f"browser errors: {problems}"
