@@ -9,12 +9,14 @@ from flask import current_app
 
 from . import keys
 from .extensions import db, redis_store
+from .simulate import simulate_command
 
 
 def init_app(app):
     """Register the commands on `flask`."""
     for command in (seed_command, worker_command, audit_command):
         app.cli.add_command(command)
+    app.cli.add_command(simulate_command)
 
 
 @click.command("seed")

@@ -1,0 +1,445 @@
+"""`flask simulate`: play a crowd of buyers against a running server and report what each of them got.
+
+Every buyer is a distinct email (and, for servers that trust one proxy hop, a distinct X-Forwarded-For
+address) that arrives at once (burst) or spread over a ramp, asks for a hold through the JSON API, and if
+it wins either confirms, abandons (lets the hold lapse) or releases it. Buyers answered 503/429 retry after
+Retry-After when their share says so, with the same Idempotency-Key, as a well-behaved client would.
+
+The pure parts (buyer plans, percentiles, the report and its table) take plain values, so they are tested
+without a server; `play` is the only part that talks HTTP.
+"""
+
+import asyncio
+import json
+import math
+import random
+import sys
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import click
+from flask.cli import with_appcontext
+
+RETRYABLE = {0, 429, 503}  # 0: no HTTP answer at all (connection refused or reset, timeout)
+TERMINAL = {"CONFIRMED", "EXPIRED", "RELEASED"}
+PLANS = ("confirm", "abandon", "release")
+CLOCK_MARGIN_S = 2.0  # holds this close to expiry are not counted as kept (client/server clock skew)
+
+
+@dataclass
+class Crowd:
+    """Who arrives, how, and what they do: a scenario's `crowd:` block, overridable from the CLI."""
+
+    product: str
+    buyers: int = 1000
+    arrival: str = "burst"
+    ramp_seconds: float = 0.0
+    confirm_share: float = 0.7
+    abandon_share: float = 0.2
+    release_share: float = 0.1
+    retry_share: float = 0.5
+    quantity: int = 1
+    max_retries: int = 3
+
+    @classmethod
+    def from_spec(cls, spec, **overrides):
+        """A crowd from a scenario's crowd dict plus the options given (None means not given)."""
+        known = {k: v for k, v in dict(spec or {}).items() if k in cls.__dataclass_fields__}
+        known.update({k: v for k, v in overrides.items() if v is not None})
+        crowd = cls(**known)
+        if crowd.arrival not in ("burst", "ramp"):
+            raise ValueError(f"arrival must be burst or ramp, not {crowd.arrival!r}")
+        if crowd.buyers < 1 or crowd.quantity < 1:
+            raise ValueError("buyers and quantity must be at least 1")
+        return crowd
+
+
+@dataclass
+class Buyer:
+    """One simulated shopper: when they arrive and what they do if they win a hold."""
+
+    index: int
+    email: str
+    arrives_at: float
+    plan: str
+    retries: bool
+
+
+@dataclass
+class Attempt:
+    """One POST .../holds: HTTP status (0: no answer), error code, latency, when it was answered."""
+
+    status: int
+    code: str | None
+    latency_ms: float
+    answered_at: float
+
+
+@dataclass
+class BuyerResult:
+    """Everything one buyer saw."""
+
+    buyer: Buyer
+    attempts: list = field(default_factory=list)
+    hold: dict | None = None
+    action_status: int | None = None
+
+    @property
+    def answer(self):
+        """The buyer's final answer: 'won' or the last error code."""
+        last = self.attempts[-1]
+        return "won" if last.status in (200, 201) else (last.code or f"http_{last.status}")
+
+
+def plan_buyers(crowd, rng, run_id):
+    """The crowd's buyers: distinct emails, arrival offsets, and each one's plan and retry habit."""
+    shares = [max(0.0, crowd.confirm_share), max(0.0, crowd.abandon_share), max(0.0, crowd.release_share)]
+    if not sum(shares):
+        shares = [0.0, 1.0, 0.0]
+    buyers = []
+    for i in range(crowd.buyers):
+        offset = crowd.ramp_seconds * i / crowd.buyers if crowd.arrival == "ramp" else 0.0
+        plan = rng.choices(PLANS, weights=shares)[0]
+        buyers.append(Buyer(i, f"sim-{run_id}-{i}@example.com", offset, plan,
+                            rng.random() < crowd.retry_share))
+    return buyers
+
+
+def buyer_address(index):
+    """A distinct private address per buyer (believed only by servers with TRUSTED_PROXIES >= 1)."""
+    return f"10.{(index >> 16) & 255}.{(index >> 8) & 255}.{index & 255}"
+
+
+def retry_after_seconds(header, default=1.0, cap=30.0):
+    """Seconds to wait from a Retry-After header (delta-seconds; anything else means `default`)."""
+    try:
+        return min(cap, max(0.0, float(header)))
+    except (TypeError, ValueError):
+        return default
+
+
+def percentile(values, q):
+    """The q-th percentile by nearest rank (None for no values)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def time_to_sell_out(results, units_available):
+    """Seconds until the holds won covered every unit available at the start (None: never)."""
+    wins = sorted((r.attempts[-1].answered_at, r.hold.get("quantity", 1))
+                  for r in results if r.hold)
+    taken = 0
+    for answered_at, quantity in wins:
+        taken += quantity
+        if units_available and taken >= units_available:
+            return answered_at
+    return None
+
+
+def kept_units(holds, read_at):
+    """Units our holds still take at read_at: confirmed, or pending and not yet lapsed by then."""
+    kept = 0
+    for hold in holds.values():
+        if hold["status"] == "CONFIRMED":
+            kept += hold["quantity"]
+        elif hold["status"] == "PENDING":
+            expires = datetime.fromisoformat(hold["hold_expires_at"].replace("Z", "+00:00"))
+            if (expires - read_at).total_seconds() > CLOCK_MARGIN_S:
+                kept += hold["quantity"]
+    return kept
+
+
+def response_label(attempt):
+    """'201 created', '409 sold_out', '503 unavailable', 'no answer' ..."""
+    if not attempt.status:
+        return "no answer"
+    return f"{attempt.status} {attempt.code or {200: 'replayed', 201: 'created'}.get(attempt.status, 'ok')}"
+
+
+def build_report(crowd, url, results, before, after, holds, read_at, elapsed, audit_result):
+    """The simulation's report as a JSON-ready dict, with `ok` false on any breach found."""
+    attempts = [a for r in results for a in r.attempts]
+    latencies = [a.latency_ms for a in attempts if a.status]
+    responses = Counter(response_label(a) for a in attempts)
+    answers = Counter(r.answer for r in results)
+    won = [r for r in results if r.hold]
+    statuses = Counter(h["status"] for h in holds.values())
+    units_won = sum(r.hold.get("quantity", 1) for r in won)
+    kept = kept_units(holds, read_at)
+    total, available = after["total_stock"], after["available"]
+    checks = {
+        "available_not_negative": available >= 0,
+        "kept_within_stock": kept <= total,
+        "kept_plus_available_within_stock": kept + available <= total,
+        "audit": audit_result["status"],
+    }
+    answered = [r.attempts[-1].answered_at for r in results if r.attempts]
+    return {
+        "url": url,
+        "product": crowd.product,
+        "crowd": {"buyers": crowd.buyers, "arrival": crowd.arrival, "ramp_seconds": crowd.ramp_seconds,
+                  "quantity": crowd.quantity, "plans": dict(Counter(r.buyer.plan for r in results)),
+                  "retriers": sum(r.buyer.retries for r in results)},
+        "responses": dict(sorted(responses.items())),
+        "retries": len(attempts) - len(results),
+        "answers": dict(answers.most_common()),
+        "stock": {"total": before["total_stock"], "available_before": before["available"],
+                  "available_after": available},
+        "holds_won": len(won),
+        "units_won": units_won,
+        "units_kept": kept,
+        "outcomes": {s.lower(): statuses.get(s, 0)
+                     for s in ("CONFIRMED", "EXPIRED", "RELEASED", "PENDING")},
+        "time_to_sell_out_s": _round(time_to_sell_out(results, before["available"])),
+        "time_to_all_answered_s": _round(max(answered) if answered else None),
+        "duration_s": _round(elapsed),
+        "latency_ms": {f"p{q}": _round(percentile(latencies, q), 1) for q in (50, 95, 99)}
+        | {"max": _round(max(latencies) if latencies else None, 1), "count": len(latencies)},
+        "checks": checks,
+        "audit": audit_result,
+        "ok": all(v for k, v in checks.items() if k != "audit") and audit_result["status"] != "failed",
+    }
+
+
+def _round(value, digits=3):
+    return None if value is None else round(value, digits)
+
+
+def render(report):
+    """The report as the table `flask simulate` prints."""
+    def join(counts):
+        return " · ".join(f"{k} {v}" for k, v in counts.items()) or "-"
+
+    def seconds(value):
+        return "never (not sold out)" if value is None else f"{value:.2f} s"
+
+    latency = report["latency_ms"]
+    stock, checks, audit = report["stock"], report["checks"], report["audit"]
+    oversell = "ok" if all(checks[k] for k in checks if k != "audit") else "BREACH"
+    rows = [
+        ("crowd", f"{report['crowd']['buyers']} buyers, {report['crowd']['arrival']}"
+                  + (f" over {report['crowd']['ramp_seconds']} s" if report["crowd"]["arrival"] == "ramp"
+                     else "") + f", plans {join(report['crowd']['plans'])}"),
+        ("responses", join(report["responses"]) + f"  (retries {report['retries']})"),
+        ("answers", join(report["answers"])),
+        ("holds won", f"{report['holds_won']} holds, {report['units_won']} units, "
+                      f"of {stock['available_before']} available (stock {stock['total']})"),
+        ("outcomes", join(report["outcomes"])),
+        ("time to sell out", seconds(report["time_to_sell_out_s"])),
+        ("all answered", seconds(report["time_to_all_answered_s"])),
+        ("latency (hold)", " · ".join(f"{k} {v} ms" for k, v in latency.items() if k != "count")
+         + f"  ({latency['count']} requests)"),
+        ("oversell (API)", f"{oversell}: available {stock['available_after']} >= 0, "
+                           f"{report['units_kept']} units kept + {stock['available_after']} available "
+                           f"<= {stock['total']}"),
+        ("audit", audit["status"] + (f": {audit['note']}" if audit.get("note") else "")),
+    ]
+    rows += [("", f"BREACH {breach}") for breach in audit.get("breaches", [])]
+    width = max(len(label) for label, _ in rows)
+    title = f"flash sale on {report['product']} at {report['url']} ({report['duration_s']} s)"
+    return "\n".join([title] + [f"  {label:<{width}}  {value}" for label, value in rows]
+                     + ["", "OK: nothing oversold" if report["ok"] else "FAILED: see the breaches above"])
+
+
+async def play(url, crowd, buyers, concurrency=256, timeout=30.0, on_answer=None):
+    """Send the crowd; return a BuyerResult per buyer (in buyer order)."""
+    import aiohttp
+
+    gate = asyncio.Semaphore(concurrency)
+    hold_url = f"{url}/api/products/{crowd.product}/holds"
+    client_timeout = aiohttp.ClientTimeout(total=timeout)
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=client_timeout) as http:
+        started = time.monotonic()
+
+        async def request(method, target, **kwargs):
+            """(status, body, headers, latency_ms); status 0 when no HTTP answer came."""
+            async with gate:
+                sent = time.monotonic()
+                try:
+                    async with http.request(method, target, **kwargs) as response:
+                        body = await response.json(content_type=None)
+                        return response.status, body, response.headers, (time.monotonic() - sent) * 1000
+                except (TimeoutError, aiohttp.ClientError, ValueError):
+                    return 0, None, {}, (time.monotonic() - sent) * 1000
+
+        async def shop(buyer):
+            result = BuyerResult(buyer)
+            await asyncio.sleep(max(0.0, buyer.arrives_at - (time.monotonic() - started)))
+            headers = {"Idempotency-Key": f"{buyer.email}#1", "X-Forwarded-For": buyer_address(buyer.index)}
+            body = {"email": buyer.email, "quantity": crowd.quantity}
+            tries = 1 + (crowd.max_retries if buyer.retries else 0)
+            for attempt in range(tries):
+                status, answer, reply_headers, latency = await request("POST", hold_url, json=body,
+                                                                       headers=headers)
+                code = answer.get("error", {}).get("code") if isinstance(answer, dict) else None
+                result.attempts.append(Attempt(status, code, latency, time.monotonic() - started))
+                if status not in RETRYABLE or attempt == tries - 1:
+                    break
+                await asyncio.sleep(retry_after_seconds(reply_headers.get("Retry-After")))
+            if status in (200, 201):
+                result.hold = answer
+                if buyer.plan in ("confirm", "release"):
+                    result.action_status = (await request(
+                        "POST", f"{url}/api/holds/{answer['id']}/{buyer.plan}"))[0]
+            if on_answer:
+                on_answer(result)
+            return result
+
+        results = await asyncio.gather(*(shop(buyer) for buyer in buyers))
+        return list(results), time.monotonic() - started
+
+
+async def fetch_json(url, timeout=10.0):
+    """GET url as JSON."""
+    import aiohttp
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as http:
+        async with http.get(url) as response:
+            if response.status != 200:
+                raise click.ClickException(f"GET {url} answered {response.status}: {await response.text()}")
+            return await response.json()
+
+
+async def settle(url, results, wait_for_expiry, deadline_s, concurrency=64):
+    """Poll the won holds until every confirm/release is decided (and abandons expired, if asked)."""
+    import aiohttp
+
+    holds = {r.hold["id"]: r.hold for r in results if r.hold}
+    plans = {r.hold["id"]: r.buyer.plan for r in results if r.hold}
+    awaited = {hid for hid, plan in plans.items() if plan != "abandon" or wait_for_expiry}
+    gate = asyncio.Semaphore(concurrency)
+    deadline = time.monotonic() + deadline_s
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+        async def refresh(hold_id):
+            async with gate, http.get(f"{url}/api/holds/{hold_id}") as response:
+                if response.status == 200:
+                    holds[hold_id] = await response.json()
+
+        while True:
+            await asyncio.gather(*(refresh(h) for h, v in holds.items() if v["status"] not in TERMINAL))
+            waiting = [h for h in awaited if holds[h]["status"] not in TERMINAL]
+            if not waiting or time.monotonic() >= deadline:
+                return holds, len(waiting)
+            await asyncio.sleep(0.25)
+
+
+def audit_here(slug, hold_ids):
+    """Run the audit in-process when this app's database is the server's, else say why not."""
+    from sqlalchemy import func, select
+
+    from .extensions import db
+    from .inventory.audit import audit
+    from .models import Order, Product
+
+    try:
+        session = db.session
+        if hold_ids:
+            found = session.execute(select(func.count()).select_from(Order)
+                                    .where(Order.id.in_(hold_ids))).scalar_one()
+            same = found == len(hold_ids)
+        else:
+            same = session.execute(select(Product.id).where(Product.slug == slug)).first() is not None
+        if not same:
+            session.rollback()
+            return {"status": "skipped", "note": "this DATABASE_URL is not the server's database "
+                                                 "(run with the server's DATABASE_URL to audit)"}
+        breaches = [str(b) for b in audit(session)]
+    except Exception as error:  # noqa: BLE001 - any failure to reach the database means no audit
+        db.session.rollback()
+        return {"status": "skipped", "note": f"no database access ({error.__class__.__name__})"}
+    return {"status": "failed" if breaches else "passed", "breaches": breaches}
+
+
+@click.command("simulate")
+@click.option("--url", default="http://127.0.0.1:5000", show_default=True, help="The running server.")
+@click.option("--scenario", help="Take the crowd (and product) from seeds/SCENARIO.yaml.")
+@click.option("--product", help="Product slug (default: the scenario crowd's product).")
+@click.option("--buyers", type=int, help="How many distinct buyers.")
+@click.option("--arrival", type=click.Choice(["burst", "ramp"]), help="All at once, or spread out.")
+@click.option("--ramp-seconds", type=float, help="Spread arrivals over this many seconds (ramp).")
+@click.option("--quantity", type=int, help="Units each buyer asks for.")
+@click.option("--confirm-share", type=float, help="Share of winners who confirm.")
+@click.option("--abandon-share", type=float, help="Share of winners who let the hold lapse.")
+@click.option("--release-share", type=float, help="Share of winners who release the hold.")
+@click.option("--retry-share", type=float, help="Share of buyers who retry a 503/429 after Retry-After.")
+@click.option("--max-retries", type=int, help="Retries per retrying buyer (default 3).")
+@click.option("--concurrency", type=int, default=256, show_default=True, help="Requests in flight at most.")
+@click.option("--settle-seconds", type=float, default=30, show_default=True,
+              help="How long to wait for the worker to decide confirmations.")
+@click.option("--wait-expiry", is_flag=True, help="Also wait for abandoned holds to expire.")
+@click.option("--reseed", is_flag=True, help="Seed the scenario first (needs the server's DATABASE_URL).")
+@click.option("--seed", "rng_seed", type=int, help="Random seed for reproducible plans.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@with_appcontext
+def simulate_command(url, scenario, product, buyers, arrival, ramp_seconds, quantity, confirm_share,
+                     abandon_share, release_share, retry_share, max_retries, concurrency, settle_seconds,
+                     wait_expiry, reseed, rng_seed, as_json):
+    """Fire a crowd of buyers at a running server and report what they got (exit 1 on oversell)."""
+    url = url.rstrip("/")
+    spec = {}
+    if scenario:
+        from .seeding import load_scenario
+
+        try:
+            loaded = load_scenario(scenario)
+        except LookupError as error:
+            raise click.ClickException(str(error)) from None
+        spec = dict(loaded.crowd) or {}
+        spec.setdefault("product", loaded.products[0]["slug"])
+        if reseed:
+            _reseed(loaded)
+    elif reseed:
+        raise click.UsageError("--reseed needs --scenario")
+    if not (product or spec.get("product")):
+        raise click.UsageError("give --scenario NAME or --product SLUG")
+    try:
+        crowd = Crowd.from_spec(spec, product=product, buyers=buyers, arrival=arrival,
+                                ramp_seconds=ramp_seconds, quantity=quantity, confirm_share=confirm_share,
+                                abandon_share=abandon_share, release_share=release_share,
+                                retry_share=retry_share, max_retries=max_retries)
+    except (TypeError, ValueError) as error:
+        raise click.UsageError(str(error)) from None
+    report = asyncio.run(_simulate(url, crowd, random.Random(rng_seed), concurrency, settle_seconds,
+                                   wait_expiry))
+    click.echo(json.dumps(report, indent=2) if as_json else render(report))
+    if not report["ok"]:
+        sys.exit(1)
+
+
+def _reseed(loaded):
+    from .extensions import db, redis_store
+    from .seeding import seed
+
+    for product in seed(db.session, redis_store.client, loaded):
+        click.echo(f"reseeded {product.slug}: {product.total_stock} units", err=True)
+    # End the transaction those reads began: on SQLite it holds the writer lock the server needs.
+    db.session.remove()
+
+
+async def _simulate(url, crowd, rng, concurrency, settle_seconds, wait_expiry):
+    before = await fetch_json(f"{url}/api/products/{crowd.product}")
+    buyers = plan_buyers(crowd, rng, uuid.uuid4().hex[:8])
+    with click.progressbar(length=len(buyers), label="buyers answered", file=sys.stderr) as bar:
+        results, elapsed = await play(url, crowd, buyers, concurrency, on_answer=lambda _r: bar.update(1))
+    waiting = sum(1 for r in results if r.hold and (r.buyer.plan != "abandon" or wait_expiry))
+    if waiting:
+        click.echo(f"waiting up to {settle_seconds:g} s for {waiting} holds to be decided ...", err=True)
+    if wait_expiry and results:
+        latest = max((r.hold["hold_expires_at"] for r in results if r.hold), default=None)
+        if latest:
+            lapse = datetime.fromisoformat(latest.replace("Z", "+00:00")) - datetime.now(timezone.utc)
+            settle_seconds = max(settle_seconds, lapse.total_seconds() + settle_seconds)
+    holds, undecided = await settle(url, results, wait_expiry, settle_seconds)
+    read_at = datetime.now(timezone.utc)
+    after = await fetch_json(f"{url}/api/products/{crowd.product}")
+    audit_result = audit_here(crowd.product, list(holds))
+    report = build_report(crowd, url, results, before, after, holds, read_at, elapsed, audit_result)
+    report["undecided_after_settle"] = undecided
+    return report

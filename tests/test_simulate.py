@@ -1,0 +1,197 @@
+"""`flask simulate`: its pure parts on made-up answers, and its report against a live server's database."""
+
+import json
+import random
+import re
+import subprocess
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import func, select
+
+from config import TestConfig
+from flashsale.extensions import db
+from flashsale.models import Order
+from flashsale.simulate import (
+    Attempt,
+    Buyer,
+    BuyerResult,
+    Crowd,
+    build_report,
+    kept_units,
+    percentile,
+    plan_buyers,
+    render,
+    retry_after_seconds,
+    time_to_sell_out,
+)
+from tests.live_server import BIN, ROOT, LiveServer, server_env
+
+HOLD_SECONDS = 5
+
+
+# --- pure parts ---------------------------------------------------------------------------------------
+
+def test_percentiles_use_the_nearest_rank():
+    values = list(range(1, 101))
+    assert [percentile(values, q) for q in (50, 95, 99, 100)] == [50, 95, 99, 100]
+    assert percentile([7.0], 99) == 7.0
+    assert percentile([], 50) is None
+
+
+def test_buyers_are_distinct_and_follow_the_shares_and_the_ramp():
+    crowd = Crowd(product="ps5", buyers=2000, arrival="ramp", ramp_seconds=10, confirm_share=0.5,
+                  abandon_share=0.3, release_share=0.2, retry_share=0.25)
+    buyers = plan_buyers(crowd, random.Random(1), "run")
+    assert len({b.email for b in buyers}) == 2000
+    assert buyers[0].arrives_at == 0 and buyers[-1].arrives_at == pytest.approx(9.995)
+    assert all(a.arrives_at <= b.arrives_at for a, b in zip(buyers, buyers[1:], strict=False))
+    plans = Counter(b.plan for b in buyers)
+    assert plans["confirm"] == pytest.approx(1000, abs=100)
+    assert plans["abandon"] == pytest.approx(600, abs=100)
+    assert plans["release"] == pytest.approx(400, abs=100)
+    assert sum(b.retries for b in buyers) == pytest.approx(500, abs=80)
+    burst = plan_buyers(Crowd(product="ps5", buyers=10), random.Random(1), "run")
+    assert {b.arrives_at for b in burst} == {0.0}
+
+
+def test_a_crowd_takes_the_scenario_block_and_lets_options_override_it():
+    crowd = Crowd.from_spec({"product": "ps5", "buyers": 5000, "arrival": "burst", "unknown": 1},
+                            buyers=300, arrival=None)
+    assert (crowd.product, crowd.buyers, crowd.arrival) == ("ps5", 300, "burst")
+    with pytest.raises(ValueError):
+        Crowd.from_spec({"product": "ps5", "arrival": "stampede"})
+
+
+def test_retry_after_is_read_as_seconds_with_a_fallback_and_a_cap():
+    assert retry_after_seconds("2") == 2.0
+    assert retry_after_seconds(None) == 1.0
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 1.0
+    assert retry_after_seconds("3600") == 30.0
+
+
+def _result(i, status, code=None, at=0.1, latency=10.0, plan="confirm", quantity=1, hold_status="PENDING"):
+    result = BuyerResult(Buyer(i, f"b{i}@example.com", 0.0, plan, False),
+                         [Attempt(status, code, latency, at)])
+    if status == 201:
+        result.hold = {"id": f"h{i}", "quantity": quantity, "status": hold_status,
+                       "hold_expires_at": "2099-01-01T00:00:00Z"}
+    return result
+
+
+def test_sell_out_time_is_when_the_starting_stock_was_all_held():
+    results = [_result(1, 201, at=0.3), _result(2, 201, at=0.1), _result(3, 409, "sold_out", at=0.2)]
+    assert time_to_sell_out(results, 2) == 0.3
+    assert time_to_sell_out(results, 3) is None
+
+
+def test_expired_and_nearly_expired_pending_holds_are_not_counted_as_kept():
+    now = datetime(2030, 1, 1, tzinfo=timezone.utc)
+    later = (now + timedelta(minutes=1)).isoformat()
+    holds = {
+        "a": {"status": "CONFIRMED", "quantity": 2, "hold_expires_at": now.isoformat()},
+        "b": {"status": "PENDING", "quantity": 1, "hold_expires_at": later},
+        "c": {"status": "PENDING", "quantity": 1, "hold_expires_at": (now + timedelta(seconds=1)).isoformat()},
+        "d": {"status": "RELEASED", "quantity": 1, "hold_expires_at": later},
+    }
+    assert kept_units(holds, now) == 3
+
+
+def _report(available_after, holds):
+    crowd = Crowd(product="ps5", buyers=3)
+    results = [_result(1, 201, latency=5), _result(2, 201, latency=7), _result(3, 409, "sold_out", latency=1)]
+    before = {"total_stock": 2, "available": 2}
+    after = {"total_stock": 2, "available": available_after}
+    return build_report(crowd, "http://x", results, before, after, holds,
+                        datetime(2030, 1, 1, tzinfo=timezone.utc), 0.5, {"status": "skipped", "note": "n"})
+
+
+def test_the_report_counts_answers_and_passes_when_nothing_is_oversold():
+    holds = {"h1": {"status": "CONFIRMED", "quantity": 1, "hold_expires_at": "2099-01-01T00:00:00Z"},
+             "h2": {"status": "RELEASED", "quantity": 1, "hold_expires_at": "2099-01-01T00:00:00Z"}}
+    report = _report(1, holds)
+    assert report["responses"] == {"201 created": 2, "409 sold_out": 1}
+    assert report["answers"] == {"won": 2, "sold_out": 1}
+    assert report["outcomes"] == {"confirmed": 1, "expired": 0, "released": 1, "pending": 0}
+    assert report["latency_ms"]["p50"] == 5 and report["latency_ms"]["max"] == 7
+    assert report["ok"] is True
+    table = render(report)
+    assert "409 sold_out 1" in table and "p99 7" in table and "OK: nothing oversold" in table
+
+
+def test_the_report_fails_when_the_api_shows_more_units_than_the_stock():
+    holds = {"h1": {"status": "CONFIRMED", "quantity": 1, "hold_expires_at": "2099-01-01T00:00:00Z"},
+             "h2": {"status": "CONFIRMED", "quantity": 1, "hold_expires_at": "2099-01-01T00:00:00Z"}}
+    report = _report(1, holds)  # two confirmed and one still available, of a stock of two
+    assert report["checks"]["kept_plus_available_within_stock"] is False
+    assert report["ok"] is False
+    assert "FAILED" in render(report)
+
+
+# --- against a live server ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def live(app):
+    """gunicorn (two processes) and a worker on the test database, with short holds to watch expiry."""
+    with LiveServer(TestConfig.SQLALCHEMY_DATABASE_URI, TestConfig.REDIS_URL, workers=2, threads=16,
+                    with_worker=True, HOLD_SECONDS=HOLD_SECONDS, SWEEP_SECONDS=1) as server:
+        yield server
+
+
+def db_statuses(app, product_id):
+    with app.app_context():
+        rows = db.session.execute(select(Order.status, func.count()).where(Order.product_id == product_id)
+                                  .group_by(Order.status)).all()
+        db.session.remove()
+    return {status.lower(): count for status, count in rows}
+
+
+@pytest.mark.usefixtures("postgres_only")
+def test_three_hundred_buyers_on_twenty_units_report_what_the_database_holds(app, live, make_product):
+    product_id = make_product(slug="drop", total_stock=20)
+    result = app.test_cli_runner().invoke(args=[
+        "simulate", "--url", live.url, "--product", "drop", "--buyers", "300", "--confirm-share", "0.5",
+        "--abandon-share", "0.3", "--release-share", "0.2", "--retry-share", "1", "--seed", "7",
+        "--wait-expiry", "--settle-seconds", "30", "--json",
+    ])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+
+    # The simulator waited (with a deadline) until the worker decided every hold; terminal states are final.
+    assert report["undecided_after_settle"] == 0
+    statuses = db_statuses(app, product_id)
+    assert report["holds_won"] == sum(statuses.values())
+    assert report["outcomes"] == {s: statuses.get(s, 0) for s in ("confirmed", "expired", "released", "pending")}
+    assert statuses.get("pending", 0) == 0
+    assert statuses.get("confirmed", 0) > 0 and statuses.get("expired", 0) > 0
+    # Every unit went, releases let a few more buyers in, and nobody got more than the stock at once.
+    assert 20 <= report["holds_won"] <= 20 + statuses.get("released", 0)
+    assert report["answers"]["won"] == report["holds_won"]
+    assert sum(report["answers"].values()) == 300
+    assert report["stock"] == {"total": 20, "available_before": 20,
+                               "available_after": 20 - statuses.get("confirmed", 0)}
+    assert report["units_kept"] == statuses.get("confirmed", 0)
+    assert report["time_to_sell_out_s"] is not None
+    assert report["time_to_sell_out_s"] <= report["time_to_all_answered_s"]
+    latency = report["latency_ms"]
+    assert latency["count"] == 300 + report["retries"]
+    assert latency["p50"] <= latency["p95"] <= latency["p99"] <= latency["max"]
+    assert report["audit"] == {"status": "passed", "breaches": []}
+    assert all(report["checks"][k] for k in report["checks"] if k != "audit") and report["ok"]
+
+
+@pytest.mark.usefixtures("postgres_only")
+def test_the_command_line_skips_the_audit_without_the_servers_database(live, make_product, tmp_path):
+    make_product(slug="small", total_stock=5)
+    env = server_env(f"sqlite:///{tmp_path / 'elsewhere.db'}", TestConfig.REDIS_URL)
+    done = subprocess.run(
+        [str(BIN / "flask"), "--app", "app", "simulate", "--url", live.url, "--product", "small",
+         "--buyers", "30", "--confirm-share", "0", "--abandon-share", "1", "--release-share", "0"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"holds won +5 holds, 5 units, of 5 available \(stock 5\)", done.stdout)
+    assert "409 sold_out 25" in done.stdout
+    assert re.search(r"audit +skipped: no database access", done.stdout)
+    assert "OK: nothing oversold" in done.stdout
