@@ -24,11 +24,11 @@ def init_app(app):
 @click.option("--list", "list_", is_flag=True, help="List the scenarios and what each one stages.")
 def seed_command(scenario, list_):
     """Load seeds/SCENARIO.yaml (idempotent: a re-run starts the sale over)."""
-    from .seeding import load_scenario, scenario_names, seed
+    from .seeding import describe, load_scenario, scenario_names, seed
 
     if list_ or not scenario:
         for name in scenario_names():
-            click.echo(f"{name:<16} {load_scenario(name).description}")
+            click.echo(describe(load_scenario(name)))
         return
     try:
         loaded = load_scenario(scenario)

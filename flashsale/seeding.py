@@ -49,6 +49,49 @@ def load_scenario(name):
                     data.get("crowd") or {})
 
 
+def describe(scenario):
+    """What `flask seed --list` prints for a scenario: its products, stock, windows and crowd."""
+    lines = [f"{scenario.name:<16} {scenario.description}"]
+    for spec in scenario.products:
+        lines.append(f"{'':<16}   {spec['slug']}: {spec['name']}, {int(spec['total_stock']):,} units at "
+                     f"{int(spec['price_cents']) / 100:,.2f}, {spec.get('max_per_customer', 1)} per customer, "
+                     f"{window_text(spec.get('starts_in', 0), spec.get('duration', '1h'))}")
+    crowd = scenario.crowd
+    if crowd:
+        arrival = crowd.get("arrival", "burst")
+        if arrival == "ramp":
+            arrival += f" over {crowd.get('ramp_seconds', 0)}s"
+        shares = " / ".join(f"{int(round(float(crowd.get(k + '_share', 0)) * 100))}% {k}"
+                            for k in ("confirm", "abandon", "release"))
+        each = f" ({crowd['quantity']} units each)" if int(crowd.get("quantity", 1)) > 1 else ""
+        lines.append(f"{'':<16}   crowd: {int(crowd.get('buyers', 0)):,} buyers for "
+                     f"{crowd.get('product', scenario.products[0]['slug'])}{each}, {arrival}; "
+                     f"winners {shares}; "
+                     f"{int(round(float(crowd.get('retry_share', 0)) * 100))}% retry on 503")
+    return "\n".join(lines)
+
+
+def window_text(starts_in, duration):
+    """'live now for 1h', 'opens in 10m for 2h', 'ended 1h ago', 'live for 30m more'."""
+    start, length = parse_duration(starts_in), parse_duration(duration)
+    end = start + length
+    if end <= timedelta(0):
+        return f"ended {_span(-end)} ago"
+    if start > timedelta(0):
+        return f"opens in {_span(start)} for {_span(length)}"
+    if start == timedelta(0):
+        return f"live now for {_span(length)}"
+    return f"live for {_span(end)} more"
+
+
+def _span(delta):
+    seconds = int(delta.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
 def seed(session, redis, scenario, now=None):
     """Load a scenario's products afresh: same slugs, windows from now, no orders. Idempotent."""
     now = now or datetime.now(timezone.utc)
