@@ -8,7 +8,8 @@ paths. WEB_CONCURRENCY processes x WEB_THREADS threads; scale out by adding proc
 import multiprocessing
 import os
 
-bind = os.environ.get("BIND", "0.0.0.0:8000")
+# BIND wins; else PORT (set by Procfile platforms); else 8000. `--bind` on the command line overrides both.
+bind = os.environ.get("BIND") or f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count()))
 worker_class = "gthread"
 threads = int(os.environ.get("WEB_THREADS", 16))
@@ -21,3 +22,9 @@ max_requests_jitter = max_requests // 10
 accesslog = os.environ.get("ACCESS_LOG")  # unset: no access log (it costs on the hot path)
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info")
+# gunicorn >= 24 opens a control socket at one fixed path per user, which several servers on a machine
+# (quick start, tests, staging) would fight over: off unless GUNICORN_CONTROL_SOCKET names one.
+control_socket = os.environ.get("GUNICORN_CONTROL_SOCKET") or None
+control_socket_disable = control_socket is None
+if control_socket is None:
+    del control_socket

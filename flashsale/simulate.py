@@ -247,9 +247,23 @@ def render(report):
                      + ["", "OK: nothing oversold" if report["ok"] else "FAILED: see the breaches above"])
 
 
+def allow_open_files(wanted):
+    """Raise this process's soft open-file limit towards `wanted` (one socket per request in flight)."""
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
 async def play(url, crowd, buyers, concurrency=256, timeout=30.0, on_answer=None):
-    """Send the crowd; return a BuyerResult per buyer (in buyer order)."""
+    """Send the crowd; return ([BuyerResult per buyer, in buyer order], seconds from first arrival)."""
     import aiohttp
+
+    allow_open_files(concurrency + 256)
 
     gate = asyncio.Semaphore(concurrency)
     hold_url = f"{url}/api/products/{crowd.product}/holds"
@@ -370,7 +384,8 @@ def audit_here(slug, hold_ids):
 @click.option("--release-share", type=float, help="Share of winners who release the hold.")
 @click.option("--retry-share", type=float, help="Share of buyers who retry a 503/429 after Retry-After.")
 @click.option("--max-retries", type=int, help="Retries per retrying buyer (default 3).")
-@click.option("--concurrency", type=int, default=256, show_default=True, help="Requests in flight at most.")
+@click.option("--concurrency", type=int, default=256, show_default=True,
+              help="Requests in flight at most (latency is timed from sending, not from queueing).")
 @click.option("--settle-seconds", type=float, default=30, show_default=True,
               help="How long to wait for the worker to decide confirmations.")
 @click.option("--wait-expiry", is_flag=True, help="Also wait for abandoned holds to expire.")
