@@ -17,6 +17,7 @@
     ["latency", "p50", "Hold p50", "#16a34a"], ["latency", "p95", "Hold p95", "#d97706"],
     ["latency", "p99", "Hold p99", "#dc2626"], ["lock_wait", "p95", "Lock wait p95", "#6b7280"]
   ];
+  var MIN_BUCKETS = 24; // two minutes, so a fresh sale still has an axis worth reading
   Chart.defaults.font.family = getComputedStyle(document.body).fontFamily;
 
   function lineChart(id, datasets, stacked) {
@@ -83,28 +84,36 @@
     var recent = root.querySelector("[data-recent]");
     recent.replaceChildren.apply(recent, board.recent_holds.map(function (h) {
       var row = document.createElement("tr");
-      [h.created_at, h.product, h.email, String(h.quantity), h.status.toLowerCase()].forEach(function (v) {
+      [clock(Date.parse(h.created_at) / 1000), h.product, h.email, String(h.quantity), h.status.toLowerCase()].forEach(function (v) {
         row.appendChild(cell("td", v));
       });
       return row;
     }));
   }
 
+  /** The buckets worth drawing: from the first with data (at least MIN_BUCKETS), oldest first. */
+  function recent(buckets, hasData) {
+    var first = buckets.findIndex(hasData);
+    var start = first < 0 ? buckets.length - MIN_BUCKETS : Math.min(first, buckets.length - MIN_BUCKETS);
+    return buckets.slice(Math.max(0, start));
+  }
+
   function drawCharts(board) {
-    var labels = board.series.map(function (b) { return clock(b.t); });
-    charts.outcomes.data.labels = labels;
+    var series = recent(board.series, function (b) { return Object.keys(b).length > 1; });
+    charts.outcomes.data.labels = series.map(function (b) { return clock(b.t); });
     charts.outcomes.data.datasets.forEach(function (dataset, i) {
-      dataset.data = board.series.map(function (b) { return b[OUTCOMES[i][0]] || 0; });
+      dataset.data = series.map(function (b) { return b[OUTCOMES[i][0]] || 0; });
     });
     charts.outcomes.update("none");
 
-    var gaugeLabels = board.gauges.map(function (g) { return clock(g.t); });
+    var gauges = recent(board.gauges, function (g) { return Object.keys(g.stock).length > 0; });
+    var gaugeLabels = gauges.map(function (g) { return clock(g.t); });
     charts.stock.data.labels = gaugeLabels;
     charts.stock.data.datasets = board.products.map(function (p, i) {
       var color = PALETTE[i % PALETTE.length];
       return {
         label: p.name, borderColor: color, backgroundColor: color,
-        data: board.gauges.map(function (g) {
+        data: gauges.map(function (g) {
           var v = g.stock[String(p.id)];
           return v === undefined ? null : v;
         })
@@ -115,7 +124,7 @@
     charts.latency.data.labels = gaugeLabels;
     charts.latency.data.datasets.forEach(function (dataset, i) {
       var group = LATENCY[i][0], point = LATENCY[i][1];
-      dataset.data = board.gauges.map(function (g) {
+      dataset.data = gauges.map(function (g) {
         var v = g[group][point];
         return v === undefined ? null : v;
       });
@@ -128,7 +137,7 @@
       var value = pick(board, el.getAttribute("data-metric"));
       el.textContent = value == null ? "–" : String(value);
     });
-    root.querySelector("[data-updated]").textContent = board.server_time;
+    root.querySelector("[data-updated]").textContent = clock(Date.parse(board.server_time) / 1000) + " UTC";
     fillTables(board);
     drawCharts(board);
     root.setAttribute("data-polls", String(Number(root.getAttribute("data-polls")) + 1));
