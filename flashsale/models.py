@@ -14,6 +14,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -64,6 +65,7 @@ class Product(db.Model):
         CheckConstraint("price_cents >= 0", name="price_not_negative"),
         CheckConstraint("max_per_customer >= 1", name="max_per_customer_positive"),
         CheckConstraint("sale_ends_at > sale_starts_at", name="sale_window_ordered"),
+        CheckConstraint("confirmed_units >= 0", name="confirmed_units_not_negative"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -76,6 +78,9 @@ class Product(db.Model):
     sale_starts_at: Mapped[datetime] = mapped_column(UTCDateTime)
     sale_ends_at: Mapped[datetime] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
+    # Units of CONFIRMED orders, moved only by the confirming transaction (ledger.transition_hold) and
+    # checked against the orders by `flask audit`: derived stock reads it instead of summing history.
+    confirmed_units: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Order(db.Model):
@@ -91,6 +96,11 @@ class Order(db.Model):
         # The hot query: units of one product that are confirmed or held and not yet expired.
         Index("ix_orders_product_status_expires", "product_id", "status", "hold_expires_at"),
         Index("ix_orders_product_email", "product_id", "customer_email"),
+        # Live holds only: derived stock sums PENDING rows through this, so its cost follows the
+        # holds that can still be live, not the sale's history (PostgreSQL also covers quantity).
+        Index("ix_orders_pending_product_expires", "product_id", "hold_expires_at",
+              postgresql_where=text("status = 'PENDING'"), sqlite_where=text("status = 'PENDING'"),
+              postgresql_include=["quantity"]),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=new_hold_id)

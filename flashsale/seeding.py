@@ -106,6 +106,7 @@ def seed(session, redis, scenario, now=None):
             # A re-seed starts the sale over: its holds, orders and ledger go with the old run.
             session.execute(delete(InventoryEvent).where(InventoryEvent.product_id == product.id))
             session.execute(delete(Order).where(Order.product_id == product.id))
+            product.confirmed_units = 0  # the counter of confirmed units goes with its orders
         starts = now + parse_duration(spec.get("starts_in", 0))
         product.name = spec["name"]
         product.description = spec.get("description", "").strip()

@@ -190,15 +190,12 @@ def test_a_lapsed_redis_lock_cannot_oversell_because_the_row_lock_decides(app, m
     policy = holds.HoldPolicy(hold_seconds=120, lock_ttl_ms=100, lock_wait_ms=5000)
     second_has_redis_lock = threading.Event()
     releases = []
-    real_units_taken = holds.units_taken
     real_acquire, real_release = locks.ProductLock.acquire, locks.ProductLock.release
 
-    def stalled_units_taken(session, product_id, email, now):
-        taken = real_units_taken(session, product_id, email, now)
+    def stall_under_row_lock(product_id, email):
         if email == "first@x.io":
             # Stall until the Redis lock has lapsed *and* the second buyer holds it (event, not a guess).
             assert second_has_redis_lock.wait(10), "second buyer never got the lapsed lock"
-        return taken
 
     def acquire(self):
         result = real_acquire(self)
@@ -211,7 +208,7 @@ def test_a_lapsed_redis_lock_cannot_oversell_because_the_row_lock_decides(app, m
         releases.append((threading.current_thread().name, released))
         return released
 
-    monkeypatch.setattr(holds, "units_taken", stalled_units_taken)
+    monkeypatch.setattr(holds, "after_row_lock", stall_under_row_lock)
     monkeypatch.setattr(locks.ProductLock, "acquire", acquire)
     monkeypatch.setattr(locks.ProductLock, "release", release)
     outcomes = {}

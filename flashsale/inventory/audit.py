@@ -31,6 +31,7 @@ def audit(session):
     breaches += _oversold(session, now)
     breaches += _outcomes(session)
     breaches += _ledger_balance(session)
+    breaches += _confirmed_counters(session)
     breaches += _idempotency(session)
     breaches += _customer_limits(session, now)
     session.rollback()
@@ -99,6 +100,18 @@ def _ledger_balance(session):
     return [Breach("4 ledger balance", slug,
                    f"ledger says {total + moved} available, orders say {total - held}")
             for slug, total, moved, held in rows if total + moved != total - held]
+
+
+def _confirmed_counters(session):
+    """Each product's confirmed_units counter (what derived stock reads) equals its CONFIRMED orders."""
+    confirmed = select(Order.product_id, func.sum(Order.quantity).label("units")) \
+        .where(Order.status == CONFIRMED).group_by(Order.product_id).subquery()
+    rows = session.execute(
+        select(Product.slug, Product.confirmed_units, func.coalesce(confirmed.c.units, 0))
+        .outerjoin(confirmed, confirmed.c.product_id == Product.id)
+    )
+    return [Breach("4 ledger balance", slug, f"confirmed_units says {counter}, orders say {units}")
+            for slug, counter, units in rows if counter != units]
 
 
 def _idempotency(session):

@@ -9,7 +9,9 @@ from datetime import datetime, timedelta, timezone
 from redis.exceptions import RedisError
 from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import make_transient_to_detached
 
+from .. import keys
 from ..errors import (
     HoldConfirmed,
     HoldExpired,
@@ -20,11 +22,11 @@ from ..errors import (
     SaleNotOpen,
     SoldOut,
 )
-from ..models import CONFIRMED, EXPIRED, HOLD_CREATED, PENDING, RELEASED, Order, Product
-from . import catalog, soldout
-from .clock import db_now
+from ..models import CONFIRMED, EXPIRED, HOLD_CREATED, PENDING, RELEASED, Order, Product, new_hold_id
+from . import catalog, placement, soldout
+from .clock import db_now, is_postgresql
 from .ledger import EVENTS, event_row, transition_hold
-from .locks import ProductLock
+from .locks import LockRefused, ProductLock
 from .stock import units_taken
 from .validation import valid_hold_id, validate_hold_request, validate_idempotency_key
 
@@ -84,17 +86,91 @@ def place_hold(session, redis, product_ref, email, quantity=1, policy=HoldPolicy
     _check_sale_window(sale.sale_starts_at, sale.sale_ends_at, datetime.now(timezone.utc))
     if quantity > sale.max_per_customer:
         raise LimitExceeded(limit=sale.max_per_customer)
-    marked, generation = soldout.probe(redis, sale.id)
+    marked, _ = soldout.probe(redis, sale.id)
     if marked:
         raise SoldOut(fast=True)
 
-    with ProductLock(redis, sale.id, policy.lock_ttl_ms, policy.lock_wait_ms) as lock:
-        # Buyers queued behind the lock learn of a sell-out that happened while they waited.
-        if soldout.is_marked(redis, sale.id):
-            raise SoldOut(fast=True)
-        hold = _insert_hold(session, redis, sale.id, email, quantity, policy, idempotency_key,
-                            digest, generation)
+    on_postgresql = is_postgresql(session)
+    if on_postgresql:
+        # Check a connection out (and pre-ping it) before queueing for the lock, not inside it. No
+        # transaction is open on it yet (psycopg2 begins lazily), so nothing is locked while we wait.
+        session.connection()
+    lock = ProductLock(redis, sale.id, policy.lock_ttl_ms, policy.lock_wait_ms,
+                       refuse_if=keys.sold_out(sale.id), read_with=keys.stock_generation(sale.id))
+    try:
+        with lock:
+            # The lock refuses buyers queued behind it once the product is marked sold out; it reads
+            # the stock generation atomically with taking the lock, before the database is asked.
+            insert = _insert_hold_postgresql if on_postgresql else _insert_hold
+            hold = insert(session, redis, sale.id, email, quantity, policy, idempotency_key,
+                          digest, (lock.read_value or b"0").decode())
+    except LockRefused:
+        session.rollback()
+        raise SoldOut(fast=True) from None
     return PlacedHold(hold.order, hold.created, lock.waited_ms)
+
+
+# A seam for racing tests: when set, called as after_row_lock(product_id, email) right after the
+# product's row lock is granted and before stock is read, on every backend.
+after_row_lock = None
+
+
+def _row_locked(product_id, email, policy):
+    if after_row_lock is not None:
+        after_row_lock(product_id, email)
+    if policy.fault_delay_in_lock_ms:
+        time.sleep(policy.fault_delay_in_lock_ms / 1000)  # test hook only (see HoldPolicy)
+
+
+def _insert_hold_postgresql(session, redis, product_id, email, quantity, policy, key, digest,
+                            generation):
+    """The hold's transaction on PostgreSQL: row lock, checks and both inserts in one message."""
+    params = {"product_id": product_id, "email": email, "quantity": quantity, "key": key,
+              "digest": digest, "id": new_hold_id(), "hold_seconds": policy.hold_seconds}
+    hooked = after_row_lock is not None or policy.fault_delay_in_lock_ms
+    pause = (lambda: _row_locked(product_id, email, policy)) if hooked else None
+    try:
+        decision = placement.lock_and_place(session.connection(), params, pause)
+        if decision is None:
+            raise NotFound("No such product.")
+        if decision.replay_id is not None:
+            session.rollback()
+            if decision.replay_digest != digest:
+                raise IdempotencyMismatch()
+            return _Inserted(session.get(Order, decision.replay_id), created=False)
+        now = decision.now
+        if decision.hold_expires_at is None:
+            _check_sale_window(decision.sale_starts_at, decision.sale_ends_at, now)
+            if decision.by_customer + quantity > decision.max_per_customer:
+                raise LimitExceeded(limit=decision.max_per_customer, holding=decision.by_customer)
+            if decision.available <= 0:
+                _mark_sold_out(redis, product_id, generation, decision.earliest_hold_expiry, now)
+            raise SoldOut(available=max(decision.available, 0))
+        session.commit()
+    except IntegrityError:
+        # A concurrent request with the same Idempotency-Key for another product committed first.
+        session.rollback()
+        if key and (replay := _replay(session, key, digest)):
+            return _Inserted(replay, created=False)
+        raise
+    except BaseException:
+        session.rollback()
+        raise
+    order = _attach(session, Order(
+        id=params["id"], product_id=product_id, customer_email=email, quantity=quantity,
+        status=PENDING, hold_expires_at=decision.hold_expires_at, created_at=now,
+        confirmed_at=None, idempotency_key=key, request_digest=digest))
+    if decision.available == quantity:
+        earliest = min(filter(None, [decision.earliest_hold_expiry, decision.hold_expires_at]))
+        _mark_sold_out(redis, product_id, generation, earliest, now)
+    return _Inserted(order, created=True)
+
+
+def _attach(session, order):
+    """Put an order we just inserted into the session as if it had been loaded (no SELECT)."""
+    make_transient_to_detached(order)
+    session.add(order)
+    return order
 
 
 @dataclass(frozen=True)
@@ -115,8 +191,7 @@ def _insert_hold(session, redis, product_id, email, quantity, policy, key, diges
         ).scalar_one_or_none()
         if product is None:
             raise NotFound("No such product.")
-        if policy.fault_delay_in_lock_ms:
-            time.sleep(policy.fault_delay_in_lock_ms / 1000)  # test hook only (see HoldPolicy)
+        _row_locked(product_id, email, policy)
         now = db_now(session)
         if key and (replay := _replay(session, key, digest)):
             session.rollback()

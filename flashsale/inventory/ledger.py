@@ -7,7 +7,7 @@ that one writes its event (invariant 3).
 
 from sqlalchemy import insert, update
 
-from ..models import CONFIRMED, HOLD_CREATED, PENDING, InventoryEvent, Order
+from ..models import CONFIRMED, HOLD_CREATED, PENDING, InventoryEvent, Order, Product
 from .clock import now_expression
 
 EVENTS = InventoryEvent.__table__
@@ -59,5 +59,13 @@ def transition_hold(session, hold_id, to_status, *, still_live, metadata=None):
     session.execute(
         insert(EVENTS).values(event_row(to_status, hold_id, product_id, quantity, now, metadata))
     )
+    if to_status == CONFIRMED:
+        # Confirmed units leave the PENDING sum and enter the counter in the same transaction. This
+        # takes the product's row lock, so it queues behind at most the one hold transaction in flight.
+        session.execute(
+            update(Product).where(Product.id == product_id)
+            .values(confirmed_units=Product.confirmed_units + quantity)
+            .execution_options(synchronize_session=False)
+        )
     session.commit()
     return product_id, quantity

@@ -17,6 +17,20 @@ from redis.exceptions import RedisError
 from .. import keys
 from ..errors import LockBusy
 
+# KEYS[1] = lock key, KEYS[2] = a key whose presence refuses the lock (or the lock key again: none),
+# KEYS[3] = a key read atomically with each attempt (or the lock key again); ARGV[1] = token, ARGV[2] =
+# TTL (ms). Returns {state, value of KEYS[3]}: state 1 = taken, 0 = held by another, -1 = refused.
+ACQUIRE_SCRIPT = """
+local value = redis.call('GET', KEYS[3])
+if KEYS[2] ~= KEYS[1] and redis.call('EXISTS', KEYS[2]) == 1 then
+  return {-1, value}
+end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {1, value}
+end
+return {0, value}
+"""
+
 # KEYS[1] = lock key, KEYS[2] = wake list; ARGV[1] = holder's token, ARGV[2] = wake list TTL (ms).
 # Returns 1 when the token still held the lock (deleted, one waiter woken), 0 when it had lapsed.
 RELEASE_SCRIPT = """
@@ -37,10 +51,19 @@ MAX_BLOCK_SECONDS = 0.05
 log = logging.getLogger(__name__)
 
 
-class ProductLock:
-    """`with ProductLock(redis, product_id, ttl_ms, wait_ms):` holds the product's lock or raises LockBusy."""
+class LockRefused(Exception):
+    """The lock's refuse_if key exists (for the product lock: the product is marked sold out)."""
 
-    def __init__(self, redis, product_id, ttl_ms, wait_ms):
+
+class ProductLock:
+    """`with ProductLock(redis, product_id, ttl_ms, wait_ms):` holds the product's lock or raises LockBusy.
+
+    refuse_if: a key whose presence makes every attempt give up with LockRefused instead of waiting
+    (buyers queued behind the lock learn of a sell-out at once). read_with: a key whose value is read
+    atomically with the attempt that takes the lock, kept in read_value. Both in the same round trip.
+    """
+
+    def __init__(self, redis, product_id, ttl_ms, wait_ms, refuse_if=None, read_with=None):
         self.redis = redis
         self.key = keys.lock(product_id)
         self.wake_key = keys.lock_wake(product_id)
@@ -48,6 +71,9 @@ class ProductLock:
         self.wait_ms = wait_ms
         self.token = secrets.token_hex(16)
         self.waited_ms = 0.0
+        self.read_value = None
+        self._attempt_keys = [self.key, refuse_if or self.key, read_with or self.key]
+        self._acquire = redis.register_script(ACQUIRE_SCRIPT)
         self._release = redis.register_script(RELEASE_SCRIPT)
 
     def acquire(self):
@@ -55,9 +81,14 @@ class ProductLock:
         started = time.monotonic()
         deadline = started + self.wait_ms / 1000
         while True:
-            if self.redis.set(self.key, self.token, nx=True, px=self.ttl_ms):
+            state, self.read_value = self._acquire(keys=self._attempt_keys,
+                                                   args=[self.token, self.ttl_ms])
+            if state == 1:
                 self.waited_ms = (time.monotonic() - started) * 1000
                 return self
+            if state == -1:
+                self.waited_ms = (time.monotonic() - started) * 1000
+                raise LockRefused()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self.waited_ms = (time.monotonic() - started) * 1000
