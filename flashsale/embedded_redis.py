@@ -133,8 +133,11 @@ class EmbeddedRedis:
         if not self.socket.exists():
             return
         import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
-        client = redis.Redis(unix_socket_path=str(self.socket), socket_timeout=2)
+        # No retries: the server closing the connection is SHUTDOWN's success, not a fault to retry.
+        client = redis.Redis(unix_socket_path=str(self.socket), socket_timeout=2, retry=Retry(NoBackoff(), 0))
         try:
             client.shutdown(nosave=True)
         except redis.ConnectionError:

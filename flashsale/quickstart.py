@@ -162,8 +162,15 @@ class QuickStart:
         return pids
 
     def stop(self):
-        """Stop web, then worker, then Redis (each with its whole process group)."""
-        for _name, process in self.children:  # web first: no new holds while the worker finishes
+        """Stop web and worker, then Redis (each with its whole process group)."""
+        # Signal web and worker together (the worker finishes its job while gunicorn drains), then wait.
+        for _name, process in self.children:
+            if process.poll() is None:
+                try:
+                    os.killpg(process.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        for _name, process in self.children:
             stop_group(process, timeout=15)
         if self.redis:
             self.redis.stop()
