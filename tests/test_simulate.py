@@ -1,5 +1,6 @@
 """`flask simulate`: its pure parts on made-up answers, and its report against a live server's database."""
 
+import asyncio
 import json
 import random
 import re
@@ -22,6 +23,7 @@ from flashsale.simulate import (
     kept_units,
     percentile,
     plan_buyers,
+    play,
     render,
     retry_after_seconds,
     time_to_sell_out,
@@ -127,6 +129,55 @@ def test_the_report_fails_when_the_api_shows_more_units_than_the_stock():
     assert report["checks"]["kept_plus_available_within_stock"] is False
     assert report["ok"] is False
     assert "FAILED" in render(report)
+
+
+def test_retrying_buyers_come_back_after_retry_after_with_the_same_idempotency_key():
+    from aiohttp import web
+
+    keys, actions = {}, []
+
+    async def hold(request):
+        body = await request.json()
+        keys.setdefault(body["email"], []).append(request.headers["Idempotency-Key"])
+        if len(keys[body["email"]]) == 1:  # everyone's first try meets a busy lock
+            return web.json_response({"error": {"code": "unavailable", "message": "busy"}}, status=503,
+                                     headers={"Retry-After": "0"})
+        return web.json_response({"id": "h-" + body["email"], "quantity": 1, "status": "PENDING",
+                                  "hold_expires_at": "2099-01-01T00:00:00Z"}, status=201)
+
+    async def act(request):
+        actions.append(request.match_info["verb"])
+        return web.json_response({}, status=202 if request.match_info["verb"] == "confirm" else 200)
+
+    async def scenario():
+        server = web.Application()
+        server.router.add_post("/api/products/{slug}/holds", hold)
+        server.router.add_post("/api/holds/{hold}/{verb}", act)
+        runner = web.AppRunner(server)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        crowd = Crowd(product="x", buyers=40, retry_share=0.5, confirm_share=0.5, abandon_share=0.25,
+                      release_share=0.25)
+        try:
+            return await play(f"http://127.0.0.1:{port}", crowd, plan_buyers(crowd, random.Random(3), "t"))
+        finally:
+            await runner.cleanup()
+
+    results, _ = asyncio.run(scenario())
+    retriers = [r for r in results if r.buyer.retries]
+    assert 0 < len(retriers) < 40
+    for result in results:
+        tried = keys[result.buyer.email]
+        if result.buyer.retries:
+            assert [a.status for a in result.attempts] == [503, 201] and result.answer == "won"
+            assert len(tried) == 2 and len(set(tried)) == 1
+        else:
+            assert [a.status for a in result.attempts] == [503] and result.answer == "unavailable"
+            assert result.hold is None and len(tried) == 1
+    expected = Counter(r.buyer.plan for r in retriers if r.buyer.plan != "abandon")
+    assert Counter(actions) == expected
 
 
 # --- against a live server ----------------------------------------------------------------------------
