@@ -19,9 +19,13 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 ADMIN_TOKEN = "browser-admin-token"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium():
-    """A headless Chromium, shared by every browser test."""
+    """A headless Chromium for one test module.
+
+    Module scope, not session: Playwright's sync API keeps an event loop running on this thread until it
+    stops, and later modules call asyncio.run(), which refuses to start inside a running loop.
+    """
     if not CHROMIUM.exists():
         if IN_CI:
             pytest.fail(f"CI=true but {CHROMIUM} is missing: .ci/run should have installed chromium")
