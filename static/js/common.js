@@ -78,6 +78,10 @@
     });
   });
 
+  // After a refused form, put the keyboard on the first field that needs fixing.
+  var invalid = document.querySelector("[aria-invalid=true]");
+  if (invalid) invalid.focus();
+
   var clockSource = document.querySelector("[data-server-now]");
   if (clockSource) FS.syncClock(clockSource.getAttribute("data-server-now"));
   tickCountdowns();
