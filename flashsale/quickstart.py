@@ -13,6 +13,7 @@ The same pieces serve production: with DATABASE_URL and REDIS_URL set, nothing e
 import argparse
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -67,6 +68,7 @@ class QuickStart:
         """Redis, database, seed, web, worker; returns once /healthz answers 200."""
         self.logs.mkdir(parents=True, exist_ok=True)
         self.claim_instance()
+        self.check_port_free()
         self.env.update({"PYTHONUNBUFFERED": "1", "FLASHSALE_ENV": self.env.get("FLASHSALE_ENV",
                                                                                  "development")})
         if "REDIS_URL" not in self.env:
@@ -98,6 +100,16 @@ class QuickStart:
                 raise SystemExit(f"a quick start (pid {other}) already uses {self.instance}: stop it, "
                                  f"or pass --instance and --port for a second one")
         pidfile.write_text(str(os.getpid()))
+
+    def check_port_free(self):
+        """Fail at once, with the fix, when something already listens on the web port."""
+        with socket.socket(socket.AF_INET6 if ":" in self.options.host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((self.options.host, self.options.port))
+            except OSError as error:
+                raise RuntimeError(f"port {self.options.port} on {self.options.host} is taken ({error.strerror}): "
+                                   f"pass --port (or set FLASHSALE_PORT)") from None
 
     def prepare_database(self):
         """`flask db upgrade` and `flask seed` for each scenario, in this process (saves start-ups)."""

@@ -7,6 +7,7 @@ instance folder on a free port, so it never touches a developer's own quick star
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -137,6 +138,8 @@ def quick_start(tmp_path):
 
 def test_quick_start_serves_holds_confirms_them_and_stops_everything_on_ctrl_c(quick_start):
     quick_start.wait_healthy()
+    for line in ("/admin", "/api/products", "/healthz", "redis.sock"):
+        assert line in quick_start.text()
     started = descendants(quick_start.process.pid)
     commands = [command_line(pid) for pid in started]
     assert any("redis-server" in c for c in commands), commands
@@ -193,6 +196,22 @@ def test_children_die_with_a_killed_quick_start(quick_start):
     quick_start.process.wait()
     wait_until(lambda: not any(alive(pid) for pid in started), 30, interval=0.2,
                message=f"children to exit: {[command_line(p) for p in started if alive(p)]}")
+
+
+def test_a_taken_port_is_reported_before_anything_starts(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "flashsale.devserver", "run", "--port", str(port),
+             "--instance", str(tmp_path / "instance")],
+            cwd=ROOT, capture_output=True, text=True, timeout=60,
+        )
+    assert done.returncode == 1
+    assert f"port {port} on 127.0.0.1 is taken" in done.stderr and "--port" in done.stderr
+    assert not (tmp_path / "instance" / "redis.sock").exists()
+    assert not (tmp_path / "instance" / "flashsale.db").exists()
 
 
 def test_a_redis_server_left_by_a_crashed_run_is_shut_down_before_a_new_one_starts(tmp_path):
