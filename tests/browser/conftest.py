@@ -47,14 +47,19 @@ def live(app, chromium):
 
 
 @pytest.fixture
-def page(chromium):
+def browser_errors():
+    """Console errors and uncaught exceptions of the test's page; a test that expects some clears them."""
+    return []
+
+
+@pytest.fixture
+def page(chromium, browser_errors):
     """A fresh browser context and page; fails the test if the page broke the CSP or threw."""
     context = chromium.new_context(viewport={"width": 1100, "height": 900})
     context.set_default_timeout(10_000)
     page = context.new_page()
-    problems = []
-    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.on("console", lambda m: browser_errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda error: browser_errors.append(str(error)))
     yield page
     context.close()
-    assert not problems, f"browser errors: {problems}"
+    assert not browser_errors, f"browser errors: {browser_errors}"

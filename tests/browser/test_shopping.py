@@ -103,3 +103,37 @@ def test_a_hold_lapses_on_screen(app, live, page, make_product):
         expect(page.get_by_role("button", name=re.compile("Confirm"))).to_have_count(0)
         page.get_by_role("link", name="Try again").click()
         expect(page.locator("[data-stock-text]")).to_have_text("1 of 1 left")
+
+
+def test_form_errors_are_announced_and_focused_then_the_fixed_form_works(app, live, page, browser_errors,
+                                                                        make_product):
+    make_product(total_stock=3, max_per_customer=2)
+    page.goto(f"{live.url}/products/ps5")
+    page.get_by_label("Email").fill("not-an-email")
+    page.get_by_label("Quantity").fill("3")
+    page.get_by_label("Quantity").press("Enter")
+    expect(page.get_by_role("alert")).to_contain_text("Please correct the fields")
+    expect(page.get_by_label("Email")).to_be_focused()
+    expect(page.locator("#email-errors")).to_contain_text("Enter a valid email address")
+    expect(page.locator("#quantity-errors")).to_contain_text("At most 2 per customer")
+    assert statuses(app) == []
+    assert browser_errors == ["Failed to load resource: the server responded with a status of 422 "
+                              "(UNPROCESSABLE ENTITY)"]
+    browser_errors.clear()
+    page.get_by_label("Email").fill("ann@example.com")
+    page.get_by_label("Quantity").fill("2")
+    page.get_by_label("Quantity").press("Enter")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Your units are held")
+    assert len(statuses(app)) == 1
+
+
+def test_a_refusal_after_sending_the_form_is_a_flash_message(app, live, page, browser_errors, make_product):
+    make_product(total_stock=1)
+    page.goto(f"{live.url}/products/ps5")
+    api_hold(page, live.url, "faster@example.com")  # someone else takes the last unit meanwhile
+    page.get_by_label("Email").fill("ann@example.com")
+    page.get_by_label("Email").press("Enter")
+    expect(page.get_by_role("alert")).to_contain_text("Sold out")
+    expect(page.locator("[data-buy-button]")).to_be_disabled()
+    assert [e for e in browser_errors if "409" not in e] == []
+    browser_errors.clear()
