@@ -43,10 +43,12 @@ def parse_args(args):
                         help="folder for the SQLite file, the Redis socket and logs (env FLASHSALE_INSTANCE)")
     parser.add_argument("--scenario", action="append", dest="scenarios",
                         help=f"scenario to seed (repeatable; default {', '.join(DEMO_SCENARIOS)})")
-    parser.add_argument("--no-seed", action="store_true", help="keep the data of the last run")
+    parser.add_argument("--no-seed", action="store_true",
+                        help="keep the data of the last run (the default for a DATABASE_URL with products)")
     parser.add_argument("--web-processes", type=int, default=2, help="gunicorn processes (default 2)")
     options = parser.parse_args(args)
     options.instance = options.instance.resolve()
+    options.explicit_scenarios = bool(options.scenarios)
     options.scenarios = options.scenarios or list(DEMO_SCENARIOS)
     return options
 
@@ -126,13 +128,29 @@ class QuickStart:
 
             print("migrating the database ...", flush=True)
             upgrade(directory=str(ROOT / "migrations"))
-            if not self.options.no_seed:
+            if self.should_seed(db.session):
                 for name in self.options.scenarios:
                     products = seed(db.session, redis_store.client, load_scenario(name))
                     print(f"seeded {name}: {', '.join(p.slug for p in products)}", flush=True)
             db.session.remove()
             db.engine.dispose()
             redis_store.client.close()
+
+    def should_seed(self, session):
+        """Seed our own SQLite every time; a database of yours only when empty or when told (--scenario)."""
+        from sqlalchemy import func, select
+
+        from .models import Product
+
+        if self.options.no_seed:
+            return False
+        if "DATABASE_URL" not in os.environ or self.options.explicit_scenarios:
+            return True
+        empty = session.execute(select(func.count()).select_from(Product)).scalar_one() == 0
+        if not empty:
+            print("DATABASE_URL has products: not seeding the demo over them (pass --scenario to do so)",
+                  flush=True)
+        return empty
 
     def spawn(self, name, command):
         """Start a child in its own process group, logging to logs/NAME.log."""
