@@ -30,8 +30,8 @@ def test_dashboard_numbers_and_charts_change_within_one_poll(live, page, make_pr
         response = page.request.post(f"{live.url}/api/products/ps5/holds", data={"email": f"b{i}@example.com"})
         assert response.status == 201
 
-    # One poll interval is 5 s: allow it plus a little for the request itself.
-    expect(page.locator('[data-metric="totals.created"]')).to_have_text("3", timeout=6_500)
+    # One poll interval is 5 s: allow it plus the time the poll itself takes on a busy CI machine.
+    expect(page.locator('[data-metric="totals.created"]')).to_have_text("3", timeout=8_000)
     assert int(dashboard.get_attribute("data-polls")) > polls
     expect(page.locator('[data-product-row="ps5"] [data-col="available"]')).to_have_text("17")
     expect(page.locator('[data-product-row="ps5"] [data-col="held"]')).to_have_text("3")

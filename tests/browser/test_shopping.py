@@ -137,3 +137,22 @@ def test_a_refusal_after_sending_the_form_is_a_flash_message(app, live, page, br
     expect(page.locator("[data-buy-button]")).to_be_disabled()
     assert [e for e in browser_errors if "409" not in e] == []
     browser_errors.clear()
+
+
+def test_buying_confirming_and_releasing_work_without_javascript(app, live, chromium, make_product):
+    """Plain forms and redirects; while the payment runs a <noscript> refresh brings the result."""
+    make_product(total_stock=2, max_per_customer=1)
+    context = chromium.new_context(java_script_enabled=False)
+    context.set_default_timeout(10_000)
+    page = context.new_page()
+    try:
+        for email, action, outcome in (("nojs1@example.com", "Confirm and pay", "Purchase confirmed"),
+                                       ("nojs2@example.com", "Release", "Hold released")):
+            page.goto(f"{live.url}/products/ps5")
+            buy_in_page(page, email=email)
+            expect(page.get_by_role("heading", level=1)).to_have_text("Your units are held")
+            page.get_by_role("button", name=re.compile(action)).click()
+            expect(page.get_by_role("heading", level=1)).to_have_text(outcome, timeout=15_000)
+    finally:
+        context.close()
+    assert sorted(statuses(app)) == [CONFIRMED, RELEASED]
