@@ -241,6 +241,12 @@ def render(report):
         ("audit", audit["status"] + (f": {audit['note']}" if audit.get("note") else "")),
     ]
     rows += [("", f"BREACH {breach}") for breach in audit.get("breaches", [])]
+    if report.get("undecided_after_settle"):
+        rows.append(("note", f"{report['undecided_after_settle']} confirmations were still undecided when "
+                             "the wait ended: is a worker running (flask worker)?"))
+    if any(label.startswith("429") for label in report["responses"]):
+        rows.append(("note", "429 rate_limited: the server limits per address; on a test server set "
+                             "RATELIMIT_ENABLED=false, or TRUSTED_PROXIES=1 (we send one address per buyer)"))
     width = max(len(label) for label, _ in rows)
     title = f"flash sale on {report['product']} at {report['url']} ({report['duration_s']} s)"
     return "\n".join([title] + [f"  {label:<{width}}  {value}" for label, value in rows]

@@ -180,6 +180,15 @@ def test_retrying_buyers_come_back_after_retry_after_with_the_same_idempotency_k
     assert Counter(actions) == expected
 
 
+def test_the_table_explains_rate_limits_and_a_missing_worker():
+    holds = {"h1": {"status": "PENDING", "quantity": 1, "hold_expires_at": "2099-01-01T00:00:00Z"}}
+    report = _report(1, holds)
+    report["responses"]["429 rate_limited"] = 3
+    report["undecided_after_settle"] = 1
+    table = render(report)
+    assert "RATELIMIT_ENABLED=false" in table and "is a worker running" in table
+
+
 # --- against a live server ----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
