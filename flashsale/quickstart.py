@@ -60,8 +60,8 @@ class QuickStart:
         self.options = options
         self.instance = options.instance
         self.logs = self.instance / "logs"
-        self.url = f"http://{'127.0.0.1' if options.host in ('0.0.0.0', '::') else options.host}" \
-                   f":{options.port}"
+        local = "127.0.0.1" if options.host in ("0.0.0.0", "::") else _bracketed(options.host)
+        self.url = f"http://{local}:{options.port}"
         self.redis = None
         self.children = []  # (name, Popen), in start order
         self.env = dict(os.environ)
@@ -84,7 +84,7 @@ class QuickStart:
             self.env.setdefault("TRUSTED_PROXIES", "1")
         self.prepare_database()
         self.spawn("web", [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"),
-                           "--bind", f"{self.options.host}:{self.options.port}",
+                           "--bind", f"{_bracketed(self.options.host)}:{self.options.port}",
                            "--workers", str(self.options.web_processes), "app:app"])
         self.spawn("worker", [sys.executable, "-m", "flask", "--app", "app", "worker"])
         self.wait_until_healthy()
@@ -231,6 +231,11 @@ class QuickStart:
             f"  {same_env}.venv/bin/flask --app app simulate --url {url} --scenario ps5-drop --reseed",
             "",
         ])
+
+
+def _bracketed(host):
+    """An IPv6 address in brackets, as URLs and gunicorn's --bind want it."""
+    return f"[{host}]" if ":" in host else host
 
 
 def _is_quick_start(pid):
