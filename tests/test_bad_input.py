@@ -1,5 +1,6 @@
-"""Bad input, table-driven: every malformed, mistyped, hostile or oversized request gets the right 4xx
-with a contract error code, and leaves orders and the ledger exactly as they were.
+"""Bad input, table-driven: every malformed, mistyped, hostile or oversized request, through the JSON API
+and through the shop's web forms, gets the right 4xx with a contract error code (JSON for the API, a
+readable page for the forms), and leaves orders and the ledger exactly as they were.
 
 The app under test has rate limiting switched on (with limits too high to trip), because the limiter
 reads the body too (per-email key) and must not turn a bad body into a 500.
@@ -145,6 +146,47 @@ CASES = [
 ]
 
 
+FORM = "/products/ps5/hold"
+GOOD_FORM = {"email": "ann@example.com", "quantity": "1", "idempotency_key": "web-form-key-0001"}
+
+
+def post_form(**changes):
+    data = {name: value for name, value in {**GOOD_FORM, **changes}.items() if value is not None}
+    return {"method": "POST", "path": FORM, "data": data}
+
+
+# The shop's web forms: (case id, request, status, error code shown on an error page or None).
+FORM_CASES = [
+    ("form-quantity-text", post_form(quantity="abc"), 422, None),
+    ("form-quantity-float", post_form(quantity="1.5"), 422, None),
+    ("form-quantity-zero", post_form(quantity="0"), 422, None),
+    ("form-quantity-negative", post_form(quantity="-1"), 422, None),
+    ("form-quantity-2-to-the-70", post_form(quantity=str(2**70)), 422, None),
+    ("form-quantity-over-the-limit", post_form(quantity="3"), 422, None),
+    ("form-quantity-empty", post_form(quantity=""), 422, None),
+    ("form-quantity-missing", post_form(quantity=None), 422, None),
+    ("form-email-missing", post_form(email=None), 422, None),
+    ("form-email-empty", post_form(email=""), 422, None),
+    ("form-email-too-long", post_form(email="a" * 300 + "@x.io"), 422, None),
+    ("form-email-sql", post_form(email="x'; DROP TABLE orders; --"), 422, None),
+    ("form-email-html", post_form(email="<script>alert(1)</script>@x.io"), 422, None),
+    ("form-email-crlf", post_form(email="ann@x.io\r\nBcc: all@x.io"), 422, None),
+    ("form-email-nul", post_form(email="ann\x00@x.io"), 422, None),
+    ("form-idempotency-key-too-long", post_form(idempotency_key="k" * 300), 422, None),
+    ("form-unknown-product", {**post_form(), "path": "/products/xbox/hold"}, 404, "not_found"),
+    ("form-path-traversal", {**post_form(), "path": "/products/..%2F..%2Fetc/hold"}, 404, "not_found"),
+    ("form-overflowing-id", {**post_form(), "path": "/products/99999999999999999999/hold"}, 404,
+     "not_found"),
+    ("form-oversized-body", post_form(pad="x" * (TestConfig.MAX_CONTENT_LENGTH + 1)), 413, "invalid"),
+    ("form-get-not-allowed", call("GET", FORM), 405, "invalid"),
+    ("form-confirm-unknown-hold", call("POST", f"/holds/{A_REAL_LOOKING_HOLD_ID}/confirm"), 404,
+     "not_found"),
+    ("form-release-guessed-hold", call("POST", "/holds/1/release"), 404, "not_found"),
+    ("form-hold-page-guessed", call("GET", "/holds/2"), 404, "not_found"),
+    ("form-confirm-by-get", call("GET", f"/holds/{A_REAL_LOOKING_HOLD_ID}/confirm"), 405, "invalid"),
+]
+
+
 @pytest.fixture(scope="module")
 def limited_app(app):
     """A second app with rate limiting on (limits too high to trip); the global limiter is restored."""
@@ -197,8 +239,8 @@ def test_a_bad_request_gets_its_4xx_and_changes_nothing(app, limited_app, shop, 
     assert ledger_snapshot(app) == before
 
 
-def test_the_table_has_at_least_forty_distinct_cases():
-    ids = [case[0] for case in CASES]
+def test_the_tables_have_at_least_forty_distinct_cases():
+    ids = [case[0] for case in CASES + FORM_CASES]
     assert len(ids) >= 40 and len(set(ids)) == len(ids)
 
 
@@ -213,3 +255,17 @@ def test_a_valid_email_with_a_quote_is_stored_verbatim_never_interpreted(app, li
     assert response.status_code == 201 and response.json["email"] == "o'brien@example.com"
     orders, _ = ledger_snapshot(app)
     assert len(orders) == 2
+
+
+@pytest.mark.parametrize(("request_", "status", "code"), [case[1:] for case in FORM_CASES],
+                         ids=[case[0] for case in FORM_CASES])
+def test_a_bad_form_post_gets_its_4xx_page_and_changes_nothing(app, limited_app, shop, request_,
+                                                               status, code):
+    before = ledger_snapshot(app)
+    response = send(limited_app.test_client(), request_)
+    page = response.get_data(as_text=True)
+    assert response.status_code == status, page[:300]
+    assert response.mimetype == "text/html" and "Traceback" not in page
+    if code:
+        assert code in page
+    assert ledger_snapshot(app) == before
