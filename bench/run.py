@@ -175,7 +175,8 @@ def start_profile(args, scenario, gunicorn_pid, n):
     if args.profile != scenario:
         return None
     out = RESULTS / f"profile-{scenario}-r{n}.txt"
-    return subprocess.Popen([str(BIN / "py-spy"), "record", "--pid", str(gunicorn_pid),
+    idle = ["--idle"] if os.environ.get("BENCH_PROFILE_IDLE") else []  # wall clock, not just CPU
+    return subprocess.Popen([str(BIN / "py-spy"), "record", "--pid", str(gunicorn_pid), *idle,
                              "--subprocesses", "--format", "raw", "--rate", "200",
                              "--duration", str(args.seconds), "--output", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

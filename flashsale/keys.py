@@ -22,6 +22,16 @@ def lock_wake(product_id):
     return f"{product_tag(product_id)}:lock:wake"
 
 
+def lock_line(product_id):
+    """The product's line: requests of buyers waiting for its lock, served in batches by the holder."""
+    return f"{product_tag(product_id)}:lock:line"
+
+
+def line_reply(product_id, ticket):
+    """Where the lock's holder puts the outcome of one buyer's request from the line."""
+    return f"{product_tag(product_id)}:lock:reply:{ticket}"
+
+
 def sold_out(product_id):
     """The fast sold-out mark: present means 'no unit was free a moment ago'."""
     return f"{product_tag(product_id)}:sold_out"

@@ -2,6 +2,7 @@
 
 import hashlib
 import logging
+import secrets
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -18,12 +19,13 @@ from ..errors import (
     HoldReleased,
     IdempotencyMismatch,
     LimitExceeded,
+    LockBusy,
     NotFound,
-    SaleNotOpen,
     SoldOut,
+    Unavailable,
 )
-from ..models import CONFIRMED, EXPIRED, HOLD_CREATED, PENDING, RELEASED, Order, Product, new_hold_id
-from . import catalog, placement, soldout
+from ..models import CONFIRMED, EXPIRED, HOLD_CREATED, PENDING, RELEASED, Order, Product
+from . import catalog, line, soldout
 from .clock import db_now, is_postgresql
 from .ledger import EVENTS, event_row, transition_hold
 from .locks import LockRefused, ProductLock
@@ -90,24 +92,99 @@ def place_hold(session, redis, product_ref, email, quantity=1, policy=HoldPolicy
     if marked:
         raise SoldOut(fast=True)
 
-    on_postgresql = is_postgresql(session)
-    if on_postgresql:
-        # Check a connection out (and pre-ping it) before queueing for the lock, not inside it. No
-        # transaction is open on it yet (psycopg2 begins lazily), so nothing is locked while we wait.
-        session.connection()
+    if is_postgresql(session):
+        return _place_in_line(session, redis, sale.id, email, quantity, policy, idempotency_key,
+                              digest)
     lock = ProductLock(redis, sale.id, policy.lock_ttl_ms, policy.lock_wait_ms,
                        refuse_if=keys.sold_out(sale.id), read_with=keys.stock_generation(sale.id))
     try:
         with lock:
             # The lock refuses buyers queued behind it once the product is marked sold out; it reads
             # the stock generation atomically with taking the lock, before the database is asked.
-            insert = _insert_hold_postgresql if on_postgresql else _insert_hold
-            hold = insert(session, redis, sale.id, email, quantity, policy, idempotency_key,
-                          digest, (lock.read_value or b"0").decode())
+            hold = _insert_hold(session, redis, sale.id, email, quantity, policy, idempotency_key,
+                                digest, (lock.read_value or b"0").decode())
     except LockRefused:
         session.rollback()
         raise SoldOut(fast=True) from None
     return PlacedHold(hold.order, hold.created, lock.waited_ms)
+
+
+def _place_in_line(session, redis, product_id, email, quantity, policy, key, digest):
+    """On PostgreSQL: join the product's line; serve batches of it whenever we hold the lock."""
+    ticket = secrets.token_hex(8)
+    request = line.Request(ticket, email, quantity, key, digest,
+                           time.time() + policy.lock_wait_ms / 1000)
+    lock = ProductLock(redis, product_id, policy.lock_ttl_ms, policy.lock_wait_ms,
+                       refuse_if=keys.sold_out(product_id),
+                       read_with=keys.stock_generation(product_id),
+                       line_entry=request.encode(), reply_key=keys.line_reply(product_id, ticket))
+    answer = None
+    while answer is None:
+        try:
+            lock.acquire()
+        except LockRefused:
+            raise SoldOut(fast=True) from None
+        if lock.reply is not None:
+            answer = line.decode_answer(lock.reply)
+        else:
+            answer = _serve_line(session, redis, product_id, lock, ticket, policy)
+            if answer is None and lock.past_deadline():
+                # Our request was in nobody's batch and the wait is over: out of the line, or (if a
+                # holder has it) its answer.
+                if not lock.served_after_deadline():
+                    raise LockBusy(waited_ms=lock.waited_ms)
+                answer = line.decode_answer(lock.reply)
+    if isinstance(answer, line.Created):
+        order = _attach(session, Order(
+            id=answer.hold_id, product_id=product_id, customer_email=email, quantity=quantity,
+            status=PENDING, hold_expires_at=answer.hold_expires_at, created_at=answer.created_at,
+            confirmed_at=None, idempotency_key=key, request_digest=digest))
+        return PlacedHold(order, True, lock.waited_ms)
+    if isinstance(answer, line.Replayed):
+        return PlacedHold(get_hold(session, answer.hold_id), False, lock.waited_ms)
+    raise answer
+
+
+def _serve_line(session, redis, product_id, lock, ticket, policy):
+    """Holding the lock: serve a batch from the front of the line, release, answer the others.
+
+    Returns our own answer, or None when our request was not in this batch (we wait again).
+    """
+    requests, answers = [], {}
+    try:
+        requests = [line.Request.decode(raw) for raw in lock.take_line(line.BATCH)]
+        if requests:
+            hooked = after_row_lock is not None or policy.fault_delay_in_lock_ms
+            first = requests[0].email
+            pause = (lambda: _row_locked(product_id, first, policy)) if hooked else None
+            generation = (lock.read_value or b"0").decode()
+            answers = line.serve(session, redis, product_id, requests, policy.hold_seconds,
+                                 generation, pause)
+    except BaseException:
+        _release(lock)
+        line.answer(redis, product_id,
+                    {r.ticket: Unavailable() for r in requests if r.ticket != ticket})
+        if all(r.ticket != ticket for r in requests):
+            _leave_line(lock)
+        raise
+    _release(lock)
+    line.answer(redis, product_id, {t: a for t, a in answers.items() if t != ticket})
+    return answers.get(ticket)
+
+
+def _release(lock):
+    try:
+        lock.release()
+    except RedisError:
+        # The batch is committed; the TTL frees the lock if Redis just went away.
+        log.warning("could not release %s; it will lapse after %d ms", lock.key, lock.ttl_ms)
+
+
+def _leave_line(lock):
+    try:
+        lock.leave_line()
+    except RedisError:
+        log.warning("could not leave the line of %s", lock.key)
 
 
 # A seam for racing tests: when set, called as after_row_lock(product_id, email) right after the
@@ -120,50 +197,6 @@ def _row_locked(product_id, email, policy):
         after_row_lock(product_id, email)
     if policy.fault_delay_in_lock_ms:
         time.sleep(policy.fault_delay_in_lock_ms / 1000)  # test hook only (see HoldPolicy)
-
-
-def _insert_hold_postgresql(session, redis, product_id, email, quantity, policy, key, digest,
-                            generation):
-    """The hold's transaction on PostgreSQL: row lock, checks and both inserts in one message."""
-    params = {"product_id": product_id, "email": email, "quantity": quantity, "key": key,
-              "digest": digest, "id": new_hold_id(), "hold_seconds": policy.hold_seconds}
-    hooked = after_row_lock is not None or policy.fault_delay_in_lock_ms
-    pause = (lambda: _row_locked(product_id, email, policy)) if hooked else None
-    try:
-        decision = placement.lock_and_place(session.connection(), params, pause)
-        if decision is None:
-            raise NotFound("No such product.")
-        if decision.replay_id is not None:
-            session.rollback()
-            if decision.replay_digest != digest:
-                raise IdempotencyMismatch()
-            return _Inserted(session.get(Order, decision.replay_id), created=False)
-        now = decision.now
-        if decision.hold_expires_at is None:
-            _check_sale_window(decision.sale_starts_at, decision.sale_ends_at, now)
-            if decision.by_customer + quantity > decision.max_per_customer:
-                raise LimitExceeded(limit=decision.max_per_customer, holding=decision.by_customer)
-            if decision.available <= 0:
-                _mark_sold_out(redis, product_id, generation, decision.earliest_hold_expiry, now)
-            raise SoldOut(available=max(decision.available, 0))
-        session.commit()
-    except IntegrityError:
-        # A concurrent request with the same Idempotency-Key for another product committed first.
-        session.rollback()
-        if key and (replay := _replay(session, key, digest)):
-            return _Inserted(replay, created=False)
-        raise
-    except BaseException:
-        session.rollback()
-        raise
-    order = _attach(session, Order(
-        id=params["id"], product_id=product_id, customer_email=email, quantity=quantity,
-        status=PENDING, hold_expires_at=decision.hold_expires_at, created_at=now,
-        confirmed_at=None, idempotency_key=key, request_digest=digest))
-    if decision.available == quantity:
-        earliest = min(filter(None, [decision.earliest_hold_expiry, decision.hold_expires_at]))
-        _mark_sold_out(redis, product_id, generation, earliest, now)
-    return _Inserted(order, created=True)
 
 
 def _attach(session, order):
@@ -203,7 +236,7 @@ def _insert_hold(session, redis, product_id, email, quantity, policy, key, diges
         available = product.total_stock - taken.units
         if available < quantity:
             if available <= 0:
-                _mark_sold_out(redis, product_id, generation, taken.earliest_hold_expiry, now)
+                soldout.mark_until(redis, product_id, generation, taken.earliest_hold_expiry, now)
             raise SoldOut(available=max(available, 0))
         expires = now + timedelta(seconds=policy.hold_seconds)
         order = Order(product_id=product_id, customer_email=email, quantity=quantity,
@@ -225,27 +258,13 @@ def _insert_hold(session, redis, product_id, email, quantity, policy, key, diges
         raise
     if available == quantity:
         earliest = min(filter(None, [taken.earliest_hold_expiry, expires]))
-        _mark_sold_out(redis, product_id, generation, earliest, now)
+        soldout.mark_until(redis, product_id, generation, earliest, now)
     return _Inserted(order, created=True)
 
 
-def _mark_sold_out(redis, product_id, generation, earliest_hold_expiry, now):
-    """Mark the product sold out until its earliest hold could lapse (best effort)."""
-    if earliest_hold_expiry is None:
-        ttl_ms = soldout.MAX_MARK_MS
-    else:
-        ttl_ms = (earliest_hold_expiry - now).total_seconds() * 1000
-    try:
-        soldout.mark(redis, product_id, generation, ttl_ms)
-    except RedisError:
-        log.warning("could not mark product %s sold out", product_id)
-
-
 def _check_sale_window(starts, ends, now):
-    if now < starts:
-        raise SaleNotOpen("This sale has not started yet.", starts_at=starts.isoformat())
-    if now >= ends:
-        raise SaleNotOpen("This sale has ended.", ended_at=ends.isoformat())
+    if refusal := line.sale_window_refusal(starts, ends, now):
+        raise refusal
 
 
 def _replay(session, key, digest):

@@ -17,13 +17,30 @@ from redis.exceptions import RedisError
 from .. import keys
 from ..errors import LockBusy
 
-# KEYS[1] = lock key, KEYS[2] = a key whose presence refuses the lock (or the lock key again: none),
-# KEYS[3] = a key read atomically with each attempt (or the lock key again); ARGV[1] = token, ARGV[2] =
-# TTL (ms). Returns {state, value of KEYS[3]}: state 1 = taken, 0 = held by another, -1 = refused.
+# One attempt at the lock. KEYS[1] = lock, KEYS[2] = a key whose presence refuses the lock (or KEYS[1]:
+# none), KEYS[3] = a key read atomically with the attempt (or KEYS[1]), KEYS[4] = the line (or KEYS[1]),
+# KEYS[5] = this buyer's reply list (or KEYS[1]). ARGV[1] = token, ARGV[2] = TTL (ms), ARGV[3] = this
+# buyer's line entry ('' when not in line), ARGV[4] = '1' to join the line with this attempt.
+# Returns {state, value}: state 1 = taken, 0 = held by another, -1 = refused (and out of the line),
+# 2 = refused but a holder is already serving the entry (wait for its reply), value = KEYS[3]'s value;
+# state 3 = a holder has answered, value = the answer.
 ACQUIRE_SCRIPT = """
+if KEYS[5] ~= KEYS[1] then
+  local answer = redis.call('LPOP', KEYS[5])
+  if answer then
+    return {3, answer}
+  end
+end
 local value = redis.call('GET', KEYS[3])
 if KEYS[2] ~= KEYS[1] and redis.call('EXISTS', KEYS[2]) == 1 then
+  if ARGV[3] ~= '' and ARGV[4] ~= '1' and redis.call('LREM', KEYS[4], 1, ARGV[3]) == 0 then
+    return {2, value}
+  end
   return {-1, value}
+end
+if ARGV[4] == '1' then
+  redis.call('RPUSH', KEYS[4], ARGV[3])
+  redis.call('PEXPIRE', KEYS[4], 60000)
 end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return {1, value}
@@ -61,43 +78,96 @@ class ProductLock:
     refuse_if: a key whose presence makes every attempt give up with LockRefused instead of waiting
     (buyers queued behind the lock learn of a sell-out at once). read_with: a key whose value is read
     atomically with the attempt that takes the lock, kept in read_value. Both in the same round trip.
+
+    line_entry: wait in the product's line. The entry joins the line with the first attempt, and
+    acquire() returns either holding the lock (held) or, when a holder served the entry meanwhile,
+    without it, with the holder's answer in `reply`. At the deadline an entry still in the line is
+    taken out (LockBusy); one a holder already took is waited for up to ttl_ms more.
     """
 
-    def __init__(self, redis, product_id, ttl_ms, wait_ms, refuse_if=None, read_with=None):
+    def __init__(self, redis, product_id, ttl_ms, wait_ms, refuse_if=None, read_with=None,
+                 line_entry=None, reply_key=None):
         self.redis = redis
         self.key = keys.lock(product_id)
         self.wake_key = keys.lock_wake(product_id)
+        self.line_key = keys.lock_line(product_id)
         self.ttl_ms = ttl_ms
         self.wait_ms = wait_ms
         self.token = secrets.token_hex(16)
         self.waited_ms = 0.0
         self.read_value = None
-        self._attempt_keys = [self.key, refuse_if or self.key, read_with or self.key]
+        self.line_entry, self.reply_key = line_entry, reply_key
+        self.held, self.reply = False, None
+        self._started = self._deadline = None
+        self._in_line = False
+        self._attempt_keys = [self.key, refuse_if or self.key, read_with or self.key,
+                              self.line_key if line_entry else self.key,
+                              reply_key if line_entry else self.key]
         self._acquire = redis.register_script(ACQUIRE_SCRIPT)
         self._release = redis.register_script(RELEASE_SCRIPT)
 
     def acquire(self):
-        """Take the lock within wait_ms, blocking on the wake list between attempts."""
-        started = time.monotonic()
-        deadline = started + self.wait_ms / 1000
+        """Take the lock within wait_ms (or get a reply from the line), blocking between attempts."""
+        if self._started is None:
+            self._started = time.monotonic()
+            self._deadline = self._started + self.wait_ms / 1000
+        wait_on = [self.reply_key, self.wake_key] if self.line_entry else [self.wake_key]
         while True:
-            state, self.read_value = self._acquire(keys=self._attempt_keys,
-                                                   args=[self.token, self.ttl_ms])
+            join = self.line_entry is not None and not self._in_line
+            state, value = self._acquire(
+                keys=self._attempt_keys,
+                args=[self.token, self.ttl_ms, self.line_entry or "", "1" if join else "0"])
+            self._in_line = self._in_line or (join and state != -1)
+            self.waited_ms = (time.monotonic() - self._started) * 1000
+            if state == 3:
+                self.reply = value
+                return self
+            self.read_value = value
             if state == 1:
-                self.waited_ms = (time.monotonic() - started) * 1000
+                self.held = True
                 return self
             if state == -1:
-                self.waited_ms = (time.monotonic() - started) * 1000
+                self._in_line = False
                 raise LockRefused()
-            remaining = deadline - time.monotonic()
+            remaining = self._deadline - time.monotonic()
             if remaining <= 0:
-                self.waited_ms = (time.monotonic() - started) * 1000
+                if self.line_entry and self.served_after_deadline():
+                    return self
                 raise LockBusy(waited_ms=self.waited_ms)
             block = min(remaining, MAX_BLOCK_SECONDS * (0.5 + random.random()))
-            self.redis.blpop([self.wake_key], timeout=max(block, 0.001))
+            popped = self.redis.blpop(wait_on, timeout=max(block, 0.001))
+            if popped and self.line_entry and popped[0].decode() == self.reply_key:
+                self.reply = popped[1]
+                self.waited_ms = (time.monotonic() - self._started) * 1000
+                return self
+
+    def past_deadline(self):
+        """True once this buyer's wait_ms has run out."""
+        return self._deadline is not None and time.monotonic() >= self._deadline
+
+    def served_after_deadline(self):
+        """At the deadline: leave the line (False), or wait for the holder already serving us (True)."""
+        if self.redis.lrem(self.line_key, 1, self.line_entry):
+            self._in_line = False
+            return False
+        popped = self.redis.blpop([self.reply_key], timeout=self.ttl_ms / 1000)
+        self.waited_ms = (time.monotonic() - self._started) * 1000
+        if popped:
+            self.reply = popped[1]
+            return True
+        return False
+
+    def take_line(self, count):
+        """The holder takes up to `count` entries from the front of the line (oldest first)."""
+        return self.redis.lpop(self.line_key, count) or []
+
+    def leave_line(self):
+        """Take this buyer's own entry out of the line if it is still there; True when it was."""
+        return bool(self.line_entry and self.redis.lrem(self.line_key, 1, self.line_entry))
 
     def release(self):
         """Delete the lock only if this holder still owns it; True when it did."""
+        self.held = False
         return bool(self._release(keys=[self.key, self.wake_key], args=[self.token, self.ttl_ms]))
 
     def __enter__(self):

@@ -1,12 +1,12 @@
-"""The hold's transaction on PostgreSQL in three round trips: every check and both inserts in one statement.
+"""The hold transaction on PostgreSQL for a batch of buyers: four round trips however many it serves.
 
 Under the product's Redis lock psycopg2 sends BEGIN, then one message `SELECT ... FOR UPDATE; WITH ...`
-(the row lock, then one statement that reads the database clock, the sale window, derived stock and the
-customer's units and, only if every check passes, inserts the order and its HOLD_CREATED event), then
-COMMIT. PostgreSQL gives each statement of a multi-statement message its own snapshot in READ
-COMMITTED, so the WITH statement, which starts after the row lock was granted, sees every hold
-committed by the previous holder of the lock (reading stock in the FOR UPDATE statement itself would
-use a snapshot from before the wait, and could oversell).
+(the row lock, then one statement reading the database clock, the sale, derived stock, the batch's
+customers' units and any Idempotency-Keys already used), then one statement inserting every accepted
+order with its HOLD_CREATED event, then COMMIT. PostgreSQL gives each statement of a multi-statement
+message its own snapshot in READ COMMITTED, so the WITH statement, which starts after the row lock was
+granted, sees every hold committed by the previous holder of the lock (reading stock in the FOR UPDATE
+statement itself would use a snapshot from before the wait, and could oversell).
 
 Derived stock stays derived: units taken = the product's confirmed units (a counter that only the
 confirming transaction moves, under this same row lock, and that `flask audit` checks against the
@@ -14,14 +14,12 @@ orders) + the quantities of PENDING holds whose expiry is still in the future, r
 index that only holds PENDING rows. Its cost follows live holds, not the sale's history.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 LOCK_ROW = "SELECT 1 FROM products WHERE id = %(product_id)s FOR UPDATE"
 
-# One statement, run after LOCK_ROW in the same transaction. `placed` inserts only when `decision.ok`;
-# `logged` writes the ledger event of whatever `placed` inserted (data-modifying CTEs always run).
-PLACE_HOLD = """
+READ_SALE = """
 WITH clock AS (
     SELECT statement_timestamp() AS now
 ), product AS (
@@ -31,43 +29,36 @@ WITH clock AS (
     SELECT COALESCE(SUM(quantity), 0) AS units, MIN(hold_expires_at) AS earliest
     FROM orders, clock
     WHERE product_id = %(product_id)s AND status = 'PENDING' AND hold_expires_at > clock.now
-), mine AS (
-    SELECT COALESCE(SUM(quantity), 0) AS units
-    FROM orders, clock
-    WHERE product_id = %(product_id)s AND customer_email = %(email)s
-      AND (status = 'CONFIRMED' OR (status = 'PENDING' AND hold_expires_at > clock.now))
-), replay AS (
-    SELECT id, request_digest FROM orders
-    WHERE %(key)s::text IS NOT NULL AND idempotency_key = %(key)s
-), decision AS (
-    SELECT clock.now, product.*, held.units + product.confirmed_units AS taken, held.earliest,
-           mine.units AS mine, replay.id AS replay_id, replay.request_digest AS replay_digest,
-           replay.id IS NULL
-           AND clock.now >= product.sale_starts_at AND clock.now < product.sale_ends_at
-           AND mine.units + %(quantity)s <= product.max_per_customer
-           AND product.total_stock - product.confirmed_units - held.units >= %(quantity)s AS ok
-    FROM clock, product, held, mine LEFT JOIN replay ON true
-), placed AS (
+)
+SELECT clock.now, product.total_stock, product.max_per_customer, product.sale_starts_at,
+       product.sale_ends_at, product.confirmed_units + held.units, held.earliest,
+       (SELECT COALESCE(json_object_agg(customer_email, units), '{}') FROM (
+            SELECT customer_email, SUM(quantity) AS units FROM orders
+            WHERE product_id = %(product_id)s AND customer_email = ANY(%(emails)s::text[])
+              AND (status = 'CONFIRMED' OR (status = 'PENDING' AND hold_expires_at > clock.now))
+            GROUP BY customer_email) AS mine),
+       (SELECT COALESCE(json_object_agg(idempotency_key, json_build_array(id, request_digest)), '{}')
+        FROM orders WHERE idempotency_key = ANY(%(keys)s::text[]))
+FROM clock, product, held
+"""
+
+INSERT_HOLDS = """
+WITH placed AS (
     INSERT INTO orders (id, product_id, customer_email, quantity, status, hold_expires_at,
                         created_at, idempotency_key, request_digest)
-    SELECT %(id)s, %(product_id)s, %(email)s, %(quantity)s, 'PENDING',
-           now + make_interval(secs => %(hold_seconds)s), now, %(key)s, %(digest)s
-    FROM decision WHERE ok
-    RETURNING id, created_at, hold_expires_at
-), logged AS (
-    INSERT INTO inventory_events (product_id, order_id, type, delta, metadata, created_at)
-    SELECT %(product_id)s, id, 'HOLD_CREATED', -%(quantity)s, '{}', created_at FROM placed
+    SELECT h.id, %(product_id)s, h.email, h.quantity, 'PENDING', %(expires)s, %(now)s, h.key, h.digest
+    FROM unnest(%(ids)s::text[], %(emails)s::text[], %(quantities)s::int[], %(keys)s::text[],
+                %(digests)s::text[]) AS h(id, email, quantity, key, digest)
+    RETURNING id, quantity
 )
-SELECT decision.now, decision.total_stock, decision.max_per_customer, decision.sale_starts_at,
-       decision.sale_ends_at, decision.taken, decision.earliest, decision.mine, decision.replay_id,
-       decision.replay_digest, placed.hold_expires_at
-FROM decision LEFT JOIN placed ON true
+INSERT INTO inventory_events (product_id, order_id, type, delta, metadata, created_at)
+SELECT %(product_id)s, id, 'HOLD_CREATED', -quantity, '{}', %(now)s FROM placed
 """
 
 
 @dataclass(frozen=True)
-class Decision:
-    """What the statement saw and did: None for hold_expires_at means nothing was inserted."""
+class SaleNow:
+    """The product as the database saw it under the row lock, for one batch of buyers."""
 
     now: datetime
     total_stock: int
@@ -76,35 +67,40 @@ class Decision:
     sale_ends_at: datetime
     taken: int
     earliest_hold_expiry: datetime | None
-    by_customer: int
-    replay_id: str | None
-    replay_digest: str | None
-    hold_expires_at: datetime | None
-
-    @property
-    def available(self):
-        return self.total_stock - self.taken
+    by_customer: dict = field(default_factory=dict)
+    used_keys: dict = field(default_factory=dict)  # Idempotency-Key -> [order id, request digest]
 
 
 def _utc(moment):
     return moment.astimezone(timezone.utc) if moment is not None else None
 
 
-def lock_and_place(connection, params, pause=None):
-    """Send the row lock and PLACE_HOLD (one message unless `pause` must run between them).
+def lock_and_read(connection, product_id, emails, keys, pause=None):
+    """Lock the product's row and read the sale for these buyers (one message unless `pause` runs).
 
     `connection` is the session's SQLAlchemy Connection: psycopg2 has sent BEGIN, errors arrive wrapped
-    (an outage is an OperationalError), and the caller commits or rolls back.
+    (an outage is an OperationalError), and the caller commits or rolls back. None: no such product.
     """
+    params = {"product_id": product_id, "emails": list(emails), "keys": list(keys)}
     if pause is None:
-        result = connection.exec_driver_sql(f"{LOCK_ROW}; {PLACE_HOLD}", params)
+        result = connection.exec_driver_sql(f"{LOCK_ROW}; {READ_SALE}", params)
     else:
         connection.exec_driver_sql(LOCK_ROW, params)
         pause()
-        result = connection.exec_driver_sql(PLACE_HOLD, params)
+        result = connection.exec_driver_sql(READ_SALE, params)
     row = result.first()
     if row is None:
         return None
-    now, total, limit, starts, ends, taken, earliest, mine, replay_id, digest, expires = row
-    return Decision(_utc(now), total, limit, _utc(starts), _utc(ends), int(taken), _utc(earliest),
-                    int(mine), replay_id, digest, _utc(expires))
+    now, total, limit, starts, ends, taken, earliest, mine, used = row
+    return SaleNow(_utc(now), total, limit, _utc(starts), _utc(ends), int(taken), _utc(earliest),
+                   {email: int(units) for email, units in mine.items()}, used)
+
+
+def insert_holds(connection, product_id, holds, now, expires):
+    """Insert (id, email, quantity, key, digest) holds and their events in one statement."""
+    columns = list(zip(*holds, strict=True))
+    connection.exec_driver_sql(INSERT_HOLDS, {
+        "product_id": product_id, "now": now, "expires": expires,
+        "ids": list(columns[0]), "emails": list(columns[1]), "quantities": list(columns[2]),
+        "keys": list(columns[3]), "digests": list(columns[4]),
+    })

@@ -53,6 +53,18 @@ def mark(redis, product_id, generation, ttl_ms):
     return bool(redis.eval(MARK_SCRIPT, 2, *keys_, generation, ttl_ms))
 
 
+def mark_until(redis, product_id, generation, earliest_hold_expiry, now):
+    """Mark the product sold out until its earliest hold could lapse (best effort: Redis may be down)."""
+    if earliest_hold_expiry is None:
+        ttl_ms = MAX_MARK_MS
+    else:
+        ttl_ms = (earliest_hold_expiry - now).total_seconds() * 1000
+    try:
+        mark(redis, product_id, generation, ttl_ms)
+    except RedisError:
+        log.warning("could not mark product %s sold out", product_id)
+
+
 def stock_returned(redis, product_ids):
     """Drop the sold-out marks of products whose stock just came back (best effort: marks expire)."""
     try:

@@ -1,0 +1,194 @@
+"""The line at a product's lock: whoever holds the lock serves a batch of waiting buyers in one transaction.
+
+Each buyer joins the product's line (a Redis list) with the same round trip as its first attempt at the
+lock. The buyer that takes the lock takes up to BATCH requests from the front of the line, decides each
+one in arrival order exactly as it would be decided alone (Idempotency-Key, sale window, per-customer
+limit counting earlier buyers of the batch, stock), inserts every accepted hold and its event in one
+statement, commits once, releases the lock and answers each buyer on its own reply list. Under a herd
+the serial section's fixed costs (lock hand-over, thread wake-ups, round trips, the commit's flush) are
+paid once per batch instead of once per buyer; alone, a buyer serves a batch of one.
+"""
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from redis.exceptions import RedisError
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from .. import errors, keys
+from ..models import Order, new_hold_id
+from . import placement, soldout
+
+BATCH = 50  # requests served per lock acquisition (one statement inserts them all)
+REPLY_TTL_MS = 60_000  # an answer nobody picks up (its buyer gave up) disappears
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Request:
+    """One buyer's request as it waits in the line; deadline is when its buyer stops waiting (epoch s)."""
+
+    ticket: str
+    email: str
+    quantity: int
+    key: str | None
+    digest: str | None
+    deadline: float
+
+    def encode(self):
+        return json.dumps([self.ticket, self.email, self.quantity, self.key, self.digest,
+                           self.deadline])
+
+    @classmethod
+    def decode(cls, raw):
+        return cls(*json.loads(raw))
+
+
+@dataclass(frozen=True)
+class Created:
+    """The answer for a buyer whose hold was inserted and committed."""
+
+    hold_id: str
+    hold_expires_at: datetime
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Replayed:
+    """The answer for a buyer whose Idempotency-Key already made this hold."""
+
+    hold_id: str
+
+
+def sale_window_refusal(starts, ends, now):
+    """SaleNotOpen if `now` is outside the sale's window, else None."""
+    if now < starts:
+        return errors.SaleNotOpen("This sale has not started yet.", starts_at=starts.isoformat())
+    if now >= ends:
+        return errors.SaleNotOpen("This sale has ended.", ended_at=ends.isoformat())
+    return None
+
+
+def serve(session, redis, product_id, requests, hold_seconds, generation, pause=None):
+    """Decide and commit a batch of requests under the product's lock; {ticket: answer}."""
+    connection = session.connection()
+    try:
+        sale = placement.lock_and_read(connection, product_id, {r.email for r in requests},
+                                       {r.key for r in requests if r.key}, pause)
+        if sale is None:
+            session.rollback()
+            return {r.ticket: errors.NotFound("No such product.") for r in requests}
+        expires = sale.now + timedelta(seconds=hold_seconds)
+        answers, accepted, available, refused_for_stock = _decide(sale, requests, expires)
+        if accepted:
+            placement.insert_holds(connection, product_id, accepted, sale.now, expires)
+        session.commit()
+    except IntegrityError as collision:
+        # A concurrent request with one of these Idempotency-Keys, for another product, committed
+        # first: serve the batch one by one so only the request that collided is affected.
+        session.rollback()
+        if len(requests) > 1:
+            return {t: a for r in requests
+                    for t, a in serve(session, redis, product_id, [r], hold_seconds, generation).items()}
+        return {requests[0].ticket: _replay_after_collision(session, requests[0], collision)}
+    except BaseException:
+        session.rollback()
+        raise
+    if refused_for_stock or (accepted and available <= 0):
+        earliest = min(filter(None, [sale.earliest_hold_expiry, expires if accepted else None]),
+                       default=None)
+        soldout.mark_until(redis, product_id, generation, earliest, sale.now)
+    return answers
+
+
+def _decide(sale, requests, expires):
+    """Each request's answer in arrival order, the holds to insert, and the stock left after them."""
+    available = sale.total_stock - sale.taken
+    holding = dict(sale.by_customer)
+    used_keys = dict(sale.used_keys)
+    answers, accepted, refused_for_stock = {}, [], False
+    wall_clock = time.time()
+    for r in requests:
+        if r.deadline < wall_clock:  # its buyer has given up waiting (and was told 503)
+            answers[r.ticket] = errors.LockBusy()
+            continue
+        if r.key and r.key in used_keys:
+            hold_id, digest = used_keys[r.key]
+            answers[r.ticket] = Replayed(hold_id) if digest == r.digest else errors.IdempotencyMismatch()
+            continue
+        refusal = sale_window_refusal(sale.sale_starts_at, sale.sale_ends_at, sale.now)
+        mine = holding.get(r.email, 0)
+        if refusal is None and mine + r.quantity > sale.max_per_customer:
+            refusal = errors.LimitExceeded(limit=sale.max_per_customer, holding=mine)
+        if refusal is None and available < r.quantity:
+            refusal = errors.SoldOut(available=max(available, 0))
+            refused_for_stock = refused_for_stock or available <= 0
+        if refusal is not None:
+            answers[r.ticket] = refusal
+            continue
+        hold_id = new_hold_id()
+        available -= r.quantity
+        holding[r.email] = mine + r.quantity
+        if r.key:
+            used_keys[r.key] = (hold_id, r.digest)
+        accepted.append((hold_id, r.email, r.quantity, r.key, r.digest))
+        answers[r.ticket] = Created(hold_id, expires, sale.now)
+    return answers, accepted, available, refused_for_stock
+
+
+def _replay_after_collision(session, request, collision):
+    if not request.key:
+        raise collision  # not an Idempotency-Key race: a bug, let it surface
+    used = session.execute(select(Order.id, Order.request_digest)
+                           .where(Order.idempotency_key == request.key)).first()
+    session.rollback()
+    if used is None:
+        return errors.Unavailable()
+    return Replayed(used[0]) if used[1] == request.digest else errors.IdempotencyMismatch()
+
+
+def encode_answer(answer):
+    """An answer as the JSON a waiting buyer reads from its reply list."""
+    if isinstance(answer, Created):
+        return json.dumps({"created": [answer.hold_id, answer.hold_expires_at.isoformat(),
+                                       answer.created_at.isoformat()]})
+    if isinstance(answer, Replayed):
+        return json.dumps({"replayed": answer.hold_id})
+    return json.dumps({"refused": type(answer).__name__, "message": answer.message,
+                       "details": answer.details})
+
+
+REFUSALS = {cls.__name__: cls for cls in (
+    errors.SoldOut, errors.LimitExceeded, errors.SaleNotOpen, errors.NotFound,
+    errors.IdempotencyMismatch, errors.LockBusy, errors.Unavailable)}
+
+
+def decode_answer(raw):
+    """The Created, Replayed or refusal (an exception instance) a holder answered."""
+    data = json.loads(raw)
+    if "created" in data:
+        hold_id, expires, created = data["created"]
+        return Created(hold_id, datetime.fromisoformat(expires), datetime.fromisoformat(created))
+    if "replayed" in data:
+        return Replayed(data["replayed"])
+    return REFUSALS.get(data["refused"], errors.Unavailable)(data["message"], **data["details"])
+
+
+def answer(redis, product_id, answers):
+    """Push each answer to its buyer's reply list in one round trip (best effort: buyers time out)."""
+    if not answers:
+        return
+    try:
+        pipe = redis.pipeline(transaction=False)
+        for ticket, outcome in answers.items():
+            reply = keys.line_reply(product_id, ticket)
+            pipe.lpush(reply, encode_answer(outcome))
+            pipe.pexpire(reply, REPLY_TTL_MS)
+        pipe.execute()
+    except RedisError:
+        log.warning("could not answer %d buyers of product %s", len(answers), product_id)
