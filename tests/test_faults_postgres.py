@@ -1,6 +1,7 @@
 """Fault: PostgreSQL kills the app's connections (pg_terminate_backend), mid-transaction and idle, while
-real gunicorn serves holds. The request in flight fails cleanly (503, no partial hold), the pool
-replaces dead connections (pool_pre_ping), and later requests work.
+real gunicorn serves holds. The requests in flight fail cleanly (503, no partial hold; a lock holder
+serves a batch of waiting buyers in one transaction, so a kill fails that batch), the pool replaces dead
+connections (pool_pre_ping), and later requests work.
 
 FAULT_DELAY_IN_LOCK_MS (a test hook) keeps each hold's transaction open, holding the product's row
 lock, long enough for the test to find its backend `idle in transaction` and terminate it.
@@ -85,8 +86,9 @@ def test_a_backend_killed_mid_transaction_fails_the_request_cleanly_and_the_pool
             stop.set()
             thread.join()
         statuses = [a.status for a in answers]
-        assert set(statuses) <= {201, 503} and 201 in statuses, statuses
-        assert statuses.count(503) == sum(killed) > 0, "each killed backend fails just its request"
+        assert set(statuses) <= {201, 503}, statuses
+        # A lock holder serves a batch of the line in one transaction: a kill fails that whole batch.
+        assert statuses.count(503) >= sum(killed) > 0
         assert all(a.code == "unavailable" and a.headers["Retry-After"]
                    for a in answers if a.status == 503)
         accepted, stored = assert_every_accepted_hold_is_stored(app, answers)
@@ -96,9 +98,10 @@ def test_a_backend_killed_mid_transaction_fails_the_request_cleanly_and_the_pool
         assert app_backends(admin_db) > 0
         terminate(admin_db, f"application_name = '{APP_NAME}'")
         later = [hold(server.url, "drop", f"later{i}@x.io") for i in range(4)]
-        assert [a.status for a in later] == [201] * 4
+        later += burst(server.url, "drop", [f"later-burst{i}@x.io" for i in range(8)], concurrency=8)
+        assert [a.status for a in later] == [201] * 12
         assert call(server.url + "/healthz").status == 200
         print(f"\nburst: {statuses.count(201)} held, {statuses.count(503)} refused with 503, "
               f"{sum(killed)} backends killed mid-transaction")
-    assert len(orders(app)) == len(accepted) + 4
+    assert len(orders(app)) == len(accepted) + 12
     assert_audit_passes(app)
