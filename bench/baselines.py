@@ -2,7 +2,10 @@
 
     BIND=127.0.0.1:18601 gunicorn -c gunicorn.conf.py bench.baselines:app
 
-- GET  /hello                    the hello-world ceiling: Flask + gunicorn and nothing else.
+- GET  /hello                    the hello-world ceiling: Flask + gunicorn and nothing else (POST too,
+                                 for the burst's connection-storm floor).
+- POST /redis/<pid>/holds        the sold-out path's two Redis round trips (a read, a pipelined write)
+                                 and nothing else: the floor under the product's fast rejection.
 - POST /baseline/<pid>/holds     lock-free: the same database work as ONE conditional statement (a
                                  counter UPDATE ... WHERE available >= qty, the order and its event, in
                                  one autocommit round trip); PostgreSQL's row lock is the only queue.
@@ -25,8 +28,9 @@ from sqlalchemy import create_engine, text
 from config import normalise_database_url
 
 app = Flask(__name__)
-engine = create_engine(normalise_database_url(os.environ["DATABASE_URL"]), pool_size=8,
-                       max_overflow=8)
+# The same pool as the app's (config.py): DB_POOL_SIZE kept, 10 more opened when busy.
+engine = create_engine(normalise_database_url(os.environ["DATABASE_URL"]), pool_pre_ping=True,
+                       pool_size=int(os.environ.get("DB_POOL_SIZE", 5)), max_overflow=10)
 autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
 store = redis.Redis.from_url(os.environ["REDIS_URL"])
 
@@ -76,10 +80,23 @@ def _order(pid):
             "qty": int(body.get("quantity", 1)), "hold": HOLD_SECONDS}
 
 
-@app.get("/hello")
+@app.route("/hello", methods=["GET", "POST"])
 def hello():
     """The ceiling: the cheapest JSON answer Flask under this gunicorn config can give."""
     return jsonify(hello="world")
+
+
+@app.post("/redis/<int:pid>/holds")
+def redis_ceiling(pid):
+    """The sold-out path's Redis work alone: one MGET, then one pipelined write, then a 409."""
+    _order(pid)
+    store.mget(f"bench:redis:{pid}:a", f"bench:redis:{pid}:b")
+    pipe = store.pipeline(transaction=False)
+    pipe.hincrby("bench:redis:totals", "sold_out", 1)
+    pipe.lpush("bench:redis:latency", 1)
+    pipe.ltrim("bench:redis:latency", 0, 1999)
+    pipe.execute()
+    return jsonify(error={"code": "sold_out"}), 409
 
 
 @app.post("/baseline/<int:pid>/holds")

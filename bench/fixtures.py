@@ -86,6 +86,15 @@ def count_holds(conn, product_id):
         return cur.fetchone()
 
 
+def last_hold_epoch(conn, product_id):
+    """When the product's last hold was created, by the database clock (epoch seconds)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT extract(epoch FROM max(created_at)) FROM orders WHERE product_id = %s",
+                    (product_id,))
+        value = cur.fetchone()[0]
+        return float(value) if value is not None else None
+
+
 def product_id(conn, slug):
     """The id of the product with this slug."""
     with conn.cursor() as cur:

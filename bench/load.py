@@ -58,7 +58,7 @@ async def _burst(url, buyers, tag):
 
         tasks = [asyncio.create_task(buyer(i)) for i in range(buyers)]
         await asyncio.sleep(0.2)  # every buyer is parked on the starting line
-        started = time.perf_counter()
+        started, started_epoch = time.perf_counter(), time.time()
         go.set()
         await asyncio.gather(*tasks)
     statuses = {}
@@ -68,10 +68,12 @@ async def _burst(url, buyers, tag):
     won = sorted(t for status, t in results if status == 201)
     return {
         "buyers": buyers,
+        "started_epoch": started_epoch,
         "statuses": statuses,
         "won": len(won),
         "sold_out_s": won[-1] if won else None,
         "all_answered_s": latencies[-1],
+        "answer_100_s": latencies[99] if len(latencies) >= 100 else None,
         "p50_ms": percentile(latencies, 50) * 1000,
         "p95_ms": percentile(latencies, 95) * 1000,
         "p99_ms": percentile(latencies, 99) * 1000,

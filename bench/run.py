@@ -66,6 +66,9 @@ def server_env(args, **extra):
         "FLASHSALE_ENV": "production", "SECRET_KEY": "bench-not-secret",
         "RATELIMIT_ENABLED": "false", "LOG_LEVEL": "warning", "PYTHONPATH": str(ROOT),
         "FLASK_APP": "app",
+        # One pooled connection per gunicorn thread (gunicorn.conf.py's WEB_THREADS default), for the
+        # app and the baselines alike.
+        "DB_POOL_SIZE": os.environ.get("DB_POOL_SIZE", os.environ.get("WEB_THREADS", "16")),
     })
     env.update(extra)
     return env
@@ -144,6 +147,7 @@ def one_round(args, conn, n, procs):
 
     run("hello", base, ["/hello"], method="GET", connections=clients)
     run("soldout", app, [holds(gone)], connections=clients)
+    run("redis2", base, [f"/redis/{gone}/holds"], connections=clients)
     run("hot", app, [holds(hot)], connections=clients)
     run("lockfree", base, [f"/baseline/{lockfree}/holds"], connections=clients)
     run("naive", base, [f"/naive/{naive}/holds"], connections=clients)
@@ -152,6 +156,10 @@ def one_round(args, conn, n, procs):
     run("sizefull", app, [holds(full)], connections=16)
 
     if not args.only or "burst" in args.only.split(","):
+        # The floor under the burst: the same storm of connections at the hello-world route.
+        result["burst_hello"] = load.burst(f"{base}/hello", args.burst, f"{tag}h")
+        print(f"  burst_hello 100th answer {result['burst_hello']['answer_100_s']:.2f} s, all "
+              f"{result['burst_hello']['all_answered_s']:.2f} s", flush=True)
         run_burst(args, conn, app, tag, result)
     if "soldout" in result:
         result["soldout"]["created"] = result["soldout"]["statuses"].get(201, 0)
@@ -166,7 +174,11 @@ def run_burst(args, conn, app, tag, result):
     ps5 = fixtures.product_id(conn, "ps5")
     time.sleep(2.5)  # let every web process's 2 s sale-info cache forget the previous round's ps5
     result["burst"] = load.burst(f"{app}/api/products/ps5/holds", args.burst, tag)
-    result["burst"]["orders"], result["burst"]["events"] = fixtures.count_holds(conn, ps5)
+    burst = result["burst"]
+    burst["orders"], burst["events"] = fixtures.count_holds(conn, ps5)
+    last = fixtures.last_hold_epoch(conn, ps5)
+    # Sold out = the last unit taken, by the database clock (same machine, same clock as the client).
+    burst["last_unit_s"] = last - burst["started_epoch"] if last is not None else None
     print(f"  burst      {report.brief_burst(result['burst'])}", flush=True)
 
 

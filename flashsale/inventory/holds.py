@@ -117,7 +117,8 @@ def _place_in_line(session, redis, product_id, email, quantity, policy, key, dig
     lock = ProductLock(redis, product_id, policy.lock_ttl_ms, policy.lock_wait_ms,
                        refuse_if=keys.sold_out(product_id),
                        read_with=keys.stock_generation(product_id),
-                       line_entry=request.encode(), reply_key=keys.line_reply(product_id, ticket))
+                       line_entry=request.encode(), reply_key=keys.line_reply(product_id, ticket),
+                       batch=line.BATCH)
     answer = None
     while answer is None:
         try:
@@ -152,7 +153,7 @@ def _serve_line(session, redis, product_id, lock, ticket, policy):
     """
     requests, answers = [], {}
     try:
-        requests = [line.Request.decode(raw) for raw in lock.take_line(line.BATCH)]
+        requests = [line.Request.decode(raw) for raw in lock.taken]
         if requests:
             hooked = after_row_lock is not None or policy.fault_delay_in_lock_ms
             first = requests[0].email

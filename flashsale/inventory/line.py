@@ -76,29 +76,22 @@ def sale_window_refusal(starts, ends, now):
 
 def serve(session, redis, product_id, requests, hold_seconds, generation, pause=None):
     """Decide and commit a batch of requests under the product's lock; {ticket: answer}."""
-    connection = session.connection()
     try:
-        sale = placement.lock_and_read(connection, product_id, {r.email for r in requests},
-                                       {r.key for r in requests if r.key}, pause)
-        if sale is None:
-            session.rollback()
-            return {r.ticket: errors.NotFound("No such product.") for r in requests}
-        expires = sale.now + timedelta(seconds=hold_seconds)
-        answers, accepted, available, refused_for_stock = _decide(sale, requests, expires)
-        if accepted:
-            placement.insert_holds(connection, product_id, accepted, sale.now, expires)
-        session.commit()
+        with placement.BatchTransaction(session.get_bind()) as transaction:
+            sale = transaction.lock_and_read(product_id, {r.email for r in requests},
+                                             {r.key for r in requests if r.key}, pause)
+            if sale is None:
+                return {r.ticket: errors.NotFound("No such product.") for r in requests}
+            expires = sale.now + timedelta(seconds=hold_seconds)
+            answers, accepted, available, refused_for_stock = _decide(sale, requests, expires)
+            transaction.insert_and_commit(product_id, accepted, sale.now, expires)
     except IntegrityError as collision:
         # A concurrent request with one of these Idempotency-Keys, for another product, committed
         # first: serve the batch one by one so only the request that collided is affected.
-        session.rollback()
         if len(requests) > 1:
             return {t: a for r in requests
                     for t, a in serve(session, redis, product_id, [r], hold_seconds, generation).items()}
         return {requests[0].ticket: _replay_after_collision(session, requests[0], collision)}
-    except BaseException:
-        session.rollback()
-        raise
     if refused_for_stock or (accepted and available <= 0):
         earliest = min(filter(None, [sale.earliest_hold_expiry, expires if accepted else None]),
                        default=None)

@@ -20,10 +20,11 @@ from ..errors import LockBusy
 # One attempt at the lock. KEYS[1] = lock, KEYS[2] = a key whose presence refuses the lock (or KEYS[1]:
 # none), KEYS[3] = a key read atomically with the attempt (or KEYS[1]), KEYS[4] = the line (or KEYS[1]),
 # KEYS[5] = this buyer's reply list (or KEYS[1]). ARGV[1] = token, ARGV[2] = TTL (ms), ARGV[3] = this
-# buyer's line entry ('' when not in line), ARGV[4] = '1' to join the line with this attempt.
-# Returns {state, value}: state 1 = taken, 0 = held by another, -1 = refused (and out of the line),
-# 2 = refused but a holder is already serving the entry (wait for its reply), value = KEYS[3]'s value;
-# state 3 = a holder has answered, value = the answer.
+# buyer's line entry ('' when not in line), ARGV[4] = '1' to join the line with this attempt,
+# ARGV[5] = how many entries to take from the front of the line when the lock is taken.
+# Returns {state, value, entries...}: state 1 = taken (followed by the entries taken), 0 = held by
+# another, -1 = refused (and out of the line), 2 = refused but a holder is already serving the entry
+# (wait for its reply), each with value = KEYS[3]'s value; 3 = a holder has answered, value = answer.
 ACQUIRE_SCRIPT = """
 if KEYS[5] ~= KEYS[1] then
   local answer = redis.call('LPOP', KEYS[5])
@@ -43,6 +44,12 @@ if ARGV[4] == '1' then
   redis.call('PEXPIRE', KEYS[4], 60000)
 end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  if KEYS[4] ~= KEYS[1] and tonumber(ARGV[5]) > 0 then
+    local batch = redis.call('LPOP', KEYS[4], ARGV[5])
+    if batch then
+      return {1, value, unpack(batch)}
+    end
+  end
   return {1, value}
 end
 return {0, value}
@@ -80,13 +87,14 @@ class ProductLock:
     atomically with the attempt that takes the lock, kept in read_value. Both in the same round trip.
 
     line_entry: wait in the product's line. The entry joins the line with the first attempt, and
-    acquire() returns either holding the lock (held) or, when a holder served the entry meanwhile,
-    without it, with the holder's answer in `reply`. At the deadline an entry still in the line is
+    acquire() returns either holding the lock (held) with up to `batch` entries taken from the front
+    of the line in `taken`, or, when a holder served the entry meanwhile, without it, with the
+    holder's answer in `reply`. At the deadline an entry still in the line is
     taken out (LockBusy); one a holder already took is waited for up to ttl_ms more.
     """
 
     def __init__(self, redis, product_id, ttl_ms, wait_ms, refuse_if=None, read_with=None,
-                 line_entry=None, reply_key=None):
+                 line_entry=None, reply_key=None, batch=0):
         self.redis = redis
         self.key = keys.lock(product_id)
         self.wake_key = keys.lock_wake(product_id)
@@ -98,6 +106,7 @@ class ProductLock:
         self.read_value = None
         self.line_entry, self.reply_key = line_entry, reply_key
         self.held, self.reply = False, None
+        self.batch, self.taken = batch, []
         self._started = self._deadline = None
         self._in_line = False
         self._attempt_keys = [self.key, refuse_if or self.key, read_with or self.key,
@@ -114,9 +123,10 @@ class ProductLock:
         wait_on = [self.reply_key, self.wake_key] if self.line_entry else [self.wake_key]
         while True:
             join = self.line_entry is not None and not self._in_line
-            state, value = self._acquire(
+            state, value, *taken = self._acquire(
                 keys=self._attempt_keys,
-                args=[self.token, self.ttl_ms, self.line_entry or "", "1" if join else "0"])
+                args=[self.token, self.ttl_ms, self.line_entry or "", "1" if join else "0",
+                      self.batch if self.line_entry else 0])
             self._in_line = self._in_line or (join and state != -1)
             self.waited_ms = (time.monotonic() - self._started) * 1000
             if state == 3:
@@ -124,7 +134,7 @@ class ProductLock:
                 return self
             self.read_value = value
             if state == 1:
-                self.held = True
+                self.held, self.taken = True, taken
                 return self
             if state == -1:
                 self._in_line = False
@@ -156,10 +166,6 @@ class ProductLock:
             self.reply = popped[1]
             return True
         return False
-
-    def take_line(self, count):
-        """The holder takes up to `count` entries from the front of the line (oldest first)."""
-        return self.redis.lpop(self.line_key, count) or []
 
     def leave_line(self):
         """Take this buyer's own entry out of the line if it is still there; True when it was."""

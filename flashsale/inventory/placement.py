@@ -1,9 +1,9 @@
-"""The hold transaction on PostgreSQL for a batch of buyers: four round trips however many it serves.
+"""The hold transaction on PostgreSQL for a batch of buyers: two messages however many it serves.
 
-Under the product's Redis lock psycopg2 sends BEGIN, then one message `SELECT ... FOR UPDATE; WITH ...`
-(the row lock, then one statement reading the database clock, the sale, derived stock, the batch's
-customers' units and any Idempotency-Keys already used), then one statement inserting every accepted
-order with its HOLD_CREATED event, then COMMIT. PostgreSQL gives each statement of a multi-statement
+Under the product's Redis lock the first message is `BEGIN; SELECT ... FOR UPDATE; WITH ...` (the row
+lock, then one statement reading the database clock, the sale, derived stock, the batch's customers'
+units and any Idempotency-Keys already used); the second inserts every accepted order with its
+HOLD_CREATED event in one statement, and COMMITs. PostgreSQL gives each statement of a multi-statement
 message its own snapshot in READ COMMITTED, so the WITH statement, which starts after the row lock was
 granted, sees every hold committed by the previous holder of the lock (reading stock in the FOR UPDATE
 statement itself would use a snapshot from before the wait, and could oversell).
@@ -16,6 +16,8 @@ index that only holds PENDING rows. Its cost follows live holds, not the sale's 
 
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+
+from sqlalchemy.exc import DBAPIError
 
 LOCK_ROW = "SELECT 1 FROM products WHERE id = %(product_id)s FOR UPDATE"
 
@@ -75,32 +77,82 @@ def _utc(moment):
     return moment.astimezone(timezone.utc) if moment is not None else None
 
 
-def lock_and_read(connection, product_id, emails, keys, pause=None):
-    """Lock the product's row and read the sale for these buyers (one message unless `pause` runs).
+class BatchTransaction:
+    """One batch's transaction on a pooled psycopg2 connection, in as few messages as PostgreSQL allows.
 
-    `connection` is the session's SQLAlchemy Connection: psycopg2 has sent BEGIN, errors arrive wrapped
-    (an outage is an OperationalError), and the caller commits or rolls back. None: no such product.
+    The connection runs in autocommit mode so that BEGIN travels with the row lock and the read, and
+    COMMIT with the inserts: three round trips in all (the pool's pre-ping, then two). psycopg2's errors
+    are re-raised as SQLAlchemy's (an outage is an OperationalError, a key collision an IntegrityError)
+    and a dropped connection is invalidated, exactly as through the session.
     """
-    params = {"product_id": product_id, "emails": list(emails), "keys": list(keys)}
-    if pause is None:
-        result = connection.exec_driver_sql(f"{LOCK_ROW}; {READ_SALE}", params)
-    else:
-        connection.exec_driver_sql(LOCK_ROW, params)
-        pause()
-        result = connection.exec_driver_sql(READ_SALE, params)
-    row = result.first()
-    if row is None:
-        return None
-    now, total, limit, starts, ends, taken, earliest, mine, used = row
-    return SaleNow(_utc(now), total, limit, _utc(starts), _utc(ends), int(taken), _utc(earliest),
-                   {email: int(units) for email, units in mine.items()}, used)
 
+    def __init__(self, engine):
+        self.engine = engine
+        self.open = False
 
-def insert_holds(connection, product_id, holds, now, expires):
-    """Insert (id, email, quantity, key, digest) holds and their events in one statement."""
-    columns = list(zip(*holds, strict=True))
-    connection.exec_driver_sql(INSERT_HOLDS, {
-        "product_id": product_id, "now": now, "expires": expires,
-        "ids": list(columns[0]), "emails": list(columns[1]), "quantities": list(columns[2]),
-        "keys": list(columns[3]), "digests": list(columns[4]),
-    })
+    def __enter__(self):
+        self.pooled = self.engine.raw_connection()  # checkout (and pre-ping) from the app's pool
+        self.dbapi = self.pooled.dbapi_connection
+        self.dbapi.autocommit = True
+        self.cursor = self.dbapi.cursor()
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        dbapi_error = self.engine.dialect.loaded_dbapi.Error
+        wrapped = self._wrapped(exc) if isinstance(exc, dbapi_error) else None
+        try:
+            if self.open:
+                self.cursor.execute("ROLLBACK")
+                self.open = False
+        except dbapi_error:
+            self.pooled.invalidate()  # never hand back a connection that may still hold the row lock
+        finally:
+            if self.pooled.is_valid and not (wrapped and wrapped.connection_invalidated):
+                self.cursor.close()
+                self.dbapi.autocommit = False
+            elif self.pooled.is_valid:
+                self.pooled.invalidate()
+            self.pooled.close()
+        if wrapped is not None:
+            raise wrapped from exc
+        return False
+
+    def _wrapped(self, error):
+        dialect = self.engine.dialect
+        gone = dialect.is_disconnect(error, self.dbapi, self.cursor)
+        return DBAPIError.instance(None, None, error, dialect.loaded_dbapi.Error,
+                                   connection_invalidated=gone, dialect=dialect)
+
+    def lock_and_read(self, product_id, emails, keys, pause=None):
+        """BEGIN, lock the product's row and read the sale for these buyers; None: no such product."""
+        params = {"product_id": product_id, "emails": list(emails), "keys": list(keys)}
+        self.open = True
+        if pause is None:
+            self.cursor.execute(f"BEGIN; {LOCK_ROW}; {READ_SALE}", params)
+        else:
+            self.cursor.execute(f"BEGIN; {LOCK_ROW}", params)
+            pause()
+            self.cursor.execute(READ_SALE, params)
+        row = self.cursor.fetchone()
+        if row is None:
+            return None
+        now, total, limit, starts, ends, taken, earliest, mine, used = row
+        return SaleNow(_utc(now), total, limit, _utc(starts), _utc(ends), int(taken),
+                       _utc(earliest), {email: int(units) for email, units in mine.items()}, used)
+
+    def insert_and_commit(self, product_id, holds, now, expires):
+        """Insert (id, email, quantity, key, digest) holds and their events, and COMMIT, in one message."""
+        if not holds:
+            self.commit()
+            return
+        columns = list(zip(*holds, strict=True))
+        self.cursor.execute(f"{INSERT_HOLDS}; COMMIT", {
+            "product_id": product_id, "now": now, "expires": expires,
+            "ids": list(columns[0]), "emails": list(columns[1]), "quantities": list(columns[2]),
+            "keys": list(columns[3]), "digests": list(columns[4]),
+        })
+        self.open = False
+
+    def commit(self):
+        self.cursor.execute("COMMIT")
+        self.open = False
