@@ -8,7 +8,7 @@ sniffing is off, and referrers never carry a hold's URL (its token) to another s
 import logging
 import re
 
-from flask import request
+from flask import current_app, request
 
 CONTENT_SECURITY_POLICY = "; ".join([
     "default-src 'self'",
@@ -22,7 +22,6 @@ CONTENT_SECURITY_POLICY = "; ".join([
     "frame-ancestors 'none'",
 ])
 HEADERS = {
-    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "same-origin",
@@ -32,7 +31,10 @@ EMAIL_RE = re.compile(r"([A-Za-z0-9.!#$%&'*+/=?^_`{|}~-])[A-Za-z0-9.!#$%&'*+/=?^
 
 
 def init_app(app):
-    """Add the security headers to every response and mask emails in this process's log records."""
+    """Add the security headers to every response and mask emails in this process's log records.
+
+    CONTENT_SECURITY_POLICY may be set in the config to adjust the policy (say, for a CDN).
+    """
     app.config.setdefault("CONTENT_SECURITY_POLICY", CONTENT_SECURITY_POLICY)
     app.after_request(add_security_headers)
     install_email_masking()
@@ -40,6 +42,8 @@ def init_app(app):
 
 def add_security_headers(response):
     """Set the headers a browser enforces; hold answers (they carry tokens) are never cached."""
+    response.headers.setdefault("Content-Security-Policy",
+                                current_app.config["CONTENT_SECURITY_POLICY"])
     for name, value in HEADERS.items():
         response.headers.setdefault(name, value)
     if request.is_secure:
