@@ -24,7 +24,7 @@ from ..errors import (
     SoldOut,
     Unavailable,
 )
-from ..models import CONFIRMED, EXPIRED, HOLD_CREATED, PENDING, RELEASED, Order, Product
+from ..models import CONFIRMED, EXPIRED, HOLD_CREATED, PENDING, RELEASED, Order, Product, new_hold_id
 from . import catalog, line, soldout
 from .clock import db_now, is_postgresql
 from .ledger import EVENTS, event_row, transition_hold
@@ -113,28 +113,20 @@ def _place_in_line(session, redis, product_id, email, quantity, policy, key, dig
     """On PostgreSQL: join the product's line; serve batches of it whenever we hold the lock."""
     ticket = secrets.token_hex(8)
     request = line.Request(ticket, email, quantity, key, digest,
-                           time.time() + policy.lock_wait_ms / 1000)
+                           time.time() + policy.lock_wait_ms / 1000, new_hold_id())
     lock = ProductLock(redis, product_id, policy.lock_ttl_ms, policy.lock_wait_ms,
                        refuse_if=keys.sold_out(product_id),
                        read_with=keys.stock_generation(product_id),
                        line_entry=request.encode(), reply_key=keys.line_reply(product_id, ticket),
                        batch=line.BATCH)
-    answer = None
-    while answer is None:
-        try:
-            lock.acquire()
-        except LockRefused:
-            raise SoldOut(fast=True) from None
-        if lock.reply is not None:
-            answer = line.decode_answer(lock.reply)
-        else:
-            answer = _serve_line(session, redis, product_id, lock, ticket, policy)
-            if answer is None and lock.past_deadline():
-                # Our request was in nobody's batch and the wait is over: out of the line, or (if a
-                # holder has it) its answer.
-                if not lock.served_after_deadline():
-                    raise LockBusy(waited_ms=lock.waited_ms)
-                answer = line.decode_answer(lock.reply)
+    try:
+        answer = _wait_in_line(session, redis, product_id, lock, ticket, policy)
+    except RedisError:
+        # Redis went away while we were in line: a holder may have committed our hold before it
+        # could answer. Only the database can say, so ask it before answering 503.
+        if not lock.joined or (order := _committed_hold(session, product_id, request.hold_id)) is None:
+            raise
+        return PlacedHold(order, True, lock.waited_ms)
     if isinstance(answer, line.Created):
         order = _attach(session, Order(
             id=answer.hold_id, product_id=product_id, customer_email=email, quantity=quantity,
@@ -144,6 +136,35 @@ def _place_in_line(session, redis, product_id, email, quantity, policy, key, dig
     if isinstance(answer, line.Replayed):
         return PlacedHold(get_hold(session, answer.hold_id), False, lock.waited_ms)
     raise answer
+
+
+def _wait_in_line(session, redis, product_id, lock, ticket, policy):
+    """Our answer: from a holder's reply, or from serving the line ourselves when we get the lock."""
+    while True:
+        try:
+            lock.acquire()
+        except LockRefused:
+            raise SoldOut(fast=True) from None
+        if lock.reply is not None:
+            return line.decode_answer(lock.reply)
+        answer = _serve_line(session, redis, product_id, lock, ticket, policy)
+        if answer is not None:
+            return answer
+        if lock.past_deadline():
+            # Our request was in nobody's batch and the wait is over: out of the line, or (if a
+            # holder has it) its answer.
+            if not lock.served_after_deadline():
+                raise LockBusy(waited_ms=lock.waited_ms)
+            return line.decode_answer(lock.reply)
+
+
+def _committed_hold(session, product_id, hold_id):
+    """Our hold if a holder committed it: wait out any hold transaction on the product, then look."""
+    session.rollback()
+    session.execute(select(Product.id).where(Product.id == product_id).with_for_update())
+    found = session.execute(select(Order.id).where(Order.id == hold_id)).scalar_one_or_none()
+    session.rollback()
+    return get_hold(session, hold_id) if found else None
 
 
 def _serve_line(session, redis, product_id, lock, ticket, policy):

@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from .. import errors, keys
-from ..models import Order, new_hold_id
+from ..models import Order
 from . import placement, soldout
 
 BATCH = 50  # requests served per lock acquisition (one statement inserts them all)
@@ -31,7 +31,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Request:
-    """One buyer's request as it waits in the line; deadline is when its buyer stops waiting (epoch s)."""
+    """One buyer's request as it waits in the line; deadline is when its buyer stops waiting (epoch s).
+
+    The buyer chooses its hold's id, so that if Redis dies before the answer arrives it can still find
+    out from the database whether its hold was committed.
+    """
 
     ticket: str
     email: str
@@ -39,10 +43,11 @@ class Request:
     key: str | None
     digest: str | None
     deadline: float
+    hold_id: str
 
     def encode(self):
         return json.dumps([self.ticket, self.email, self.quantity, self.key, self.digest,
-                           self.deadline])
+                           self.deadline, self.hold_id])
 
     @classmethod
     def decode(cls, raw):
@@ -124,7 +129,7 @@ def _decide(sale, requests, expires):
         if refusal is not None:
             answers[r.ticket] = refusal
             continue
-        hold_id = new_hold_id()
+        hold_id = r.hold_id
         available -= r.quantity
         holding[r.email] = mine + r.quantity
         if r.key:

@@ -109,6 +109,7 @@ class ProductLock:
         self.batch, self.taken = batch, []
         self._started = self._deadline = None
         self._in_line = False
+        self.joined = False  # this buyer's entry went into the line (a holder may have served it)
         self._attempt_keys = [self.key, refuse_if or self.key, read_with or self.key,
                               self.line_key if line_entry else self.key,
                               reply_key if line_entry else self.key]
@@ -128,6 +129,7 @@ class ProductLock:
                 args=[self.token, self.ttl_ms, self.line_entry or "", "1" if join else "0",
                       self.batch if self.line_entry else 0])
             self._in_line = self._in_line or (join and state != -1)
+            self.joined = self.joined or self._in_line
             self.waited_ms = (time.monotonic() - self._started) * 1000
             if state == 3:
                 self.reply = value
