@@ -110,37 +110,47 @@ class ProductLock:
         self._started = self._deadline = None
         self._in_line = False
         self.joined = False  # this buyer's entry went into the line (a holder may have served it)
+        self._just_tried = False
         self._attempt_keys = [self.key, refuse_if or self.key, read_with or self.key,
                               self.line_key if line_entry else self.key,
                               reply_key if line_entry else self.key]
         self._acquire = redis.register_script(ACQUIRE_SCRIPT)
         self._release = redis.register_script(RELEASE_SCRIPT)
 
-    def acquire(self):
-        """Take the lock within wait_ms (or get a reply from the line), blocking between attempts."""
+    def try_acquire(self):
+        """One attempt, joining the line on the first: True when taken (held) or answered (reply),
+        False when another holds the lock; LockRefused when refuse_if exists."""
         if self._started is None:
             self._started = time.monotonic()
             self._deadline = self._started + self.wait_ms / 1000
+        join = self.line_entry is not None and not self._in_line
+        state, value, *taken = self._acquire(
+            keys=self._attempt_keys,
+            args=[self.token, self.ttl_ms, self.line_entry or "", "1" if join else "0",
+                  self.batch if self.line_entry else 0])
+        self._in_line = self._in_line or (join and state != -1)
+        self.joined = self.joined or self._in_line
+        self.waited_ms = (time.monotonic() - self._started) * 1000
+        if state == 3:
+            self.reply = value
+            return True
+        self.read_value = value
+        if state == 1:
+            self.held, self.taken = True, taken
+            return True
+        if state == -1:
+            self._in_line = False
+            raise LockRefused()
+        self._just_tried = True  # acquire() waits before its next attempt
+        return False
+
+    def acquire(self):
+        """Take the lock within wait_ms (or get a reply from the line), blocking between attempts."""
         wait_on = [self.reply_key, self.wake_key] if self.line_entry else [self.wake_key]
         while True:
-            join = self.line_entry is not None and not self._in_line
-            state, value, *taken = self._acquire(
-                keys=self._attempt_keys,
-                args=[self.token, self.ttl_ms, self.line_entry or "", "1" if join else "0",
-                      self.batch if self.line_entry else 0])
-            self._in_line = self._in_line or (join and state != -1)
-            self.joined = self.joined or self._in_line
-            self.waited_ms = (time.monotonic() - self._started) * 1000
-            if state == 3:
-                self.reply = value
+            if not self._just_tried and self.try_acquire():
                 return self
-            self.read_value = value
-            if state == 1:
-                self.held, self.taken = True, taken
-                return self
-            if state == -1:
-                self._in_line = False
-                raise LockRefused()
+            self._just_tried = False
             remaining = self._deadline - time.monotonic()
             if remaining <= 0:
                 if self.line_entry and self.served_after_deadline():
