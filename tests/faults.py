@@ -27,6 +27,7 @@ class Answer:
     headers: dict
     sent_at: float
     seconds: float
+    email: str | None = None
 
     @property
     def code(self):
@@ -55,7 +56,9 @@ def call(url, method="GET", body=None, headers=None, timeout=30):
 
 def hold(url, slug, email, **headers):
     """POST a one-unit hold."""
-    return call(f"{url}/api/products/{slug}/holds", "POST", {"email": email}, headers)
+    answer = call(f"{url}/api/products/{slug}/holds", "POST", {"email": email}, headers)
+    answer.email = email
+    return answer
 
 
 def burst(url, slug, emails, concurrency=16, **headers):
