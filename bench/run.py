@@ -186,9 +186,10 @@ def start_profile(args, scenario, gunicorn_pid, n):
     """py-spy on the app's gunicorn (master and workers) for this scenario, as collapsed stacks."""
     if args.profile != scenario:
         return None
-    out = RESULTS / f"profile-{scenario}-r{n}.txt"
-    idle = ["--idle"] if os.environ.get("BENCH_PROFILE_IDLE") else []  # wall clock, not just CPU
-    return subprocess.Popen([str(BIN / "py-spy"), "record", "--pid", str(gunicorn_pid), *idle,
+    out = RESULTS / f"profile-{scenario}-{os.environ.get('BENCH_PROFILE', 'cpu')}-r{n}.txt"
+    # BENCH_PROFILE=gil: only threads holding the GIL (Python CPU); idle: wall clock, waits included.
+    mode = {"gil": ["--gil"], "idle": ["--idle"]}.get(os.environ.get("BENCH_PROFILE", ""), [])
+    return subprocess.Popen([str(BIN / "py-spy"), "record", "--pid", str(gunicorn_pid), *mode,
                              "--subprocesses", "--format", "raw", "--rate", "200",
                              "--duration", str(args.seconds), "--output", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
