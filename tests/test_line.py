@@ -1,0 +1,160 @@
+"""The line at a product's lock: batch decisions, one transaction per batch, leaving the line, counters."""
+
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import func, select, update
+
+from flashsale import keys
+from flashsale.errors import IdempotencyMismatch, LimitExceeded, LockBusy, SaleNotOpen, SoldOut
+from flashsale.inventory import holds, line, soldout
+from flashsale.inventory.audit import audit
+from flashsale.inventory.locks import ProductLock
+from flashsale.inventory.placement import SaleNow
+from flashsale.models import InventoryEvent, Order, Product
+from flashsale.payments import FakeGateway
+
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
+
+
+def sale(total=10, taken=0, limit=1, by_customer=None, used_keys=None, starts=None, ends=None):
+    return SaleNow(NOW, total, limit, starts or NOW - timedelta(hours=1), ends or NOW + timedelta(hours=1),
+                   taken, None, by_customer or {}, used_keys or {})
+
+
+def request(n, email=None, quantity=1, key=None, digest=None, deadline=None):
+    return line.Request(f"t{n}", email or f"b{n}@x.io", quantity, key, digest,
+                        deadline or time.time() + 60, f"hold-{n}")
+
+
+def decide(sale_now, requests):
+    return line._decide(sale_now, requests, NOW + timedelta(minutes=2))
+
+
+def test_a_batch_sells_in_arrival_order_until_stock_runs_out():
+    answers, accepted, available, refused_for_stock = decide(sale(total=3, taken=1),
+                                                             [request(n) for n in range(4)])
+    assert [type(answers[f"t{n}"]) for n in range(4)] == [line.Created] * 2 + [SoldOut] * 2
+    assert [hold[0] for hold in accepted] == ["hold-0", "hold-1"]
+    assert available == 0 and refused_for_stock
+
+
+def test_the_limit_counts_earlier_buyers_of_the_same_batch_and_the_database():
+    requests = [request(0, "a@x.io"), request(1, "a@x.io"), request(2, "b@x.io")]
+    answers, accepted, _, _ = decide(sale(limit=1, by_customer={"b@x.io": 1}), requests)
+    assert isinstance(answers["t0"], line.Created)
+    assert isinstance(answers["t1"], LimitExceeded) and answers["t1"].details["holding"] == 1
+    assert isinstance(answers["t2"], LimitExceeded)
+    assert len(accepted) == 1
+
+
+def test_one_key_twice_in_a_batch_makes_one_hold_and_a_different_body_is_refused():
+    requests = [request(0, key="k", digest="d1"), request(1, key="k", digest="d1"),
+                request(2, key="k", digest="d2")]
+    answers, accepted, _, _ = decide(sale(limit=5), requests)
+    assert isinstance(answers["t0"], line.Created)
+    assert answers["t1"] == line.Replayed("hold-0")
+    assert isinstance(answers["t2"], IdempotencyMismatch)
+    assert len(accepted) == 1
+
+
+def test_a_key_already_in_the_database_is_replayed_without_a_new_hold():
+    answers, accepted, _, _ = decide(sale(used_keys={"k": ["old-hold", "d1"]}),
+                                     [request(0, key="k", digest="d1")])
+    assert answers["t0"] == line.Replayed("old-hold") and accepted == []
+
+
+def test_a_buyer_who_gave_up_waiting_is_not_sold_anything():
+    answers, accepted, _, _ = decide(sale(), [request(0, deadline=time.time() - 1), request(1)])
+    assert isinstance(answers["t0"], LockBusy)
+    assert [hold[0] for hold in accepted] == ["hold-1"]
+
+
+def test_a_closed_sale_refuses_the_whole_batch():
+    answers, accepted, _, _ = decide(sale(ends=NOW), [request(0), request(1)])
+    assert all(isinstance(a, SaleNotOpen) for a in answers.values()) and accepted == []
+
+
+@pytest.mark.parametrize("answer", [
+    line.Created("h1", NOW + timedelta(minutes=2), NOW),
+    line.Replayed("h2"),
+    SoldOut(available=0),
+    LimitExceeded(limit=1, holding=1),
+    SaleNotOpen("This sale has ended.", ended_at=NOW.isoformat()),
+])
+def test_an_answer_survives_the_trip_through_redis(answer):
+    back = line.decode_answer(line.encode_answer(answer))
+    if isinstance(answer, Exception):
+        assert type(back) is type(answer) and back.details == answer.details
+        assert back.message == answer.message
+    else:
+        assert back == answer
+
+
+def test_one_transaction_serves_a_batch_and_marks_the_product_sold_out(
+        session, redis, make_product, policy, postgres_only):
+    pid = make_product(total_stock=3, max_per_customer=2)
+    requests = [request(0, "a@x.io"), request(1, "a@x.io"), request(2, "a@x.io"), request(3)]
+    answers = line.serve(session, redis, pid, requests, 120, "0")
+    assert [type(answers[f"t{n}"]) for n in range(4)] == [line.Created, line.Created, LimitExceeded,
+                                                          line.Created]
+    rows = session.execute(select(Order.id, Order.hold_expires_at - Order.created_at)
+                           .order_by(Order.id)).all()
+    assert {hold_id for hold_id, _ in rows} == {"hold-0", "hold-1", "hold-3"}
+    assert {held for _, held in rows} == {timedelta(seconds=120)}
+    events = session.execute(select(InventoryEvent.order_id, InventoryEvent.delta)).all()
+    assert sorted(events) == [("hold-0", -1), ("hold-1", -1), ("hold-3", -1)]
+    assert soldout.is_marked(redis, pid)
+    assert audit(session) == []
+
+
+def test_a_buyer_still_in_line_at_its_deadline_leaves_it_and_gets_503(redis, ctx):
+    holder = ProductLock(redis, 5, ttl_ms=5000, wait_ms=0).acquire()
+    try:
+        waiter = ProductLock(redis, 5, ttl_ms=5000, wait_ms=100, line_entry="entry",
+                             reply_key=keys.line_reply(5, "t"), batch=50)
+        with pytest.raises(LockBusy):
+            waiter.acquire()
+        assert waiter.joined
+        assert redis.lrange(keys.lock_line(5), 0, -1) == []
+    finally:
+        holder.release()
+
+
+def test_a_buyer_whose_request_a_holder_took_waits_for_the_answer_past_its_deadline(redis, ctx):
+    holder = ProductLock(redis, 6, ttl_ms=5000, wait_ms=0).acquire()
+    try:
+        waiter = ProductLock(redis, 6, ttl_ms=2000, wait_ms=50, line_entry="entry",
+                             reply_key=keys.line_reply(6, "t"), batch=50)
+        assert waiter.try_acquire() is False  # in line, lock busy
+        assert redis.lpop(keys.lock_line(6)) == b"entry"  # a holder takes the request...
+        line.answer(redis, 6, {"t": line.Replayed("h")})  # ...and answers it
+        time.sleep(0.06)  # the waiter's deadline passes before it looks again
+        waiter.acquire()
+        assert line.decode_answer(waiter.reply) == line.Replayed("h") and not waiter.held
+    finally:
+        holder.release()
+
+
+def test_confirming_moves_the_confirmed_units_counter_and_the_audit_checks_it(
+        session, redis, make_product, policy):
+    pid = make_product(total_stock=5, max_per_customer=3)
+    held = holds.place_hold(session, redis, "ps5", "a@x.io", 2, policy).hold
+    holds.confirm_hold(session, redis, held.id, FakeGateway())
+    assert session.get(Product, pid, populate_existing=True).confirmed_units == 2
+    assert audit(session) == []
+    session.execute(update(Product).values(confirmed_units=Product.confirmed_units + 1))
+    session.commit()
+    assert any("confirmed_units" in breach.detail for breach in audit(session))
+
+
+def test_confirmed_units_count_against_stock_without_summing_history(
+        session, redis, make_product, policy):
+    make_product(total_stock=2, max_per_customer=1)
+    first = holds.place_hold(session, redis, "ps5", "a@x.io", 1, policy).hold
+    holds.confirm_hold(session, redis, first.id, FakeGateway())
+    assert holds.place_hold(session, redis, "ps5", "b@x.io", 1, policy).created
+    with pytest.raises(SoldOut):
+        holds.place_hold(session, redis, "ps5", "c@x.io", 1, policy)
+    assert session.execute(select(func.count()).select_from(Order)).scalar_one() == 2
