@@ -88,12 +88,13 @@ def place_hold(session, redis, product_ref, email, quantity=1, policy=HoldPolicy
     _check_sale_window(sale.sale_starts_at, sale.sale_ends_at, datetime.now(timezone.utc))
     if quantity > sale.max_per_customer:
         raise LimitExceeded(limit=sale.max_per_customer)
-    if is_postgresql(session):
-        return _place_in_line(session, redis, sale.id, email, quantity, policy, idempotency_key,
-                              digest)
     marked, _ = soldout.probe(redis, sale.id)
     if marked:
         raise SoldOut(fast=True)
+
+    if is_postgresql(session):
+        return _place_in_line(session, redis, sale.id, email, quantity, policy, idempotency_key,
+                              digest)
     lock = ProductLock(redis, sale.id, policy.lock_ttl_ms, policy.lock_wait_ms,
                        refuse_if=keys.sold_out(sale.id), read_with=keys.stock_generation(sale.id))
     try:
@@ -139,16 +140,12 @@ def _place_in_line(session, redis, product_id, email, quantity, policy, key, dig
 
 def _wait_in_line(session, redis, product_id, lock, ticket, policy):
     """Our answer: from a holder's reply, or from serving the line ourselves when we get the lock."""
-    # The first attempt is also the fast sold-out check: a marked product refuses it without the lock
-    # or the database, in the same round trip that would otherwise join the line.
-    first = True
     while True:
         try:
-            if not (first and lock.try_acquire()):
-                lock.acquire()
+            lock.acquire()
         except LockRefused:
+            # Marked sold out while we waited: the attempt that saw the mark took us out of the line.
             raise SoldOut(fast=True) from None
-        first = False
         if lock.reply is not None:
             return line.decode_answer(lock.reply)
         answer = _serve_line(session, redis, product_id, lock, ticket, policy)
