@@ -25,7 +25,7 @@ def sale(total=10, taken=0, limit=1, by_customer=None, used_keys=None, starts=No
 
 def request(n, email=None, quantity=1, key=None, digest=None, deadline=None):
     return line.Request(f"t{n}", email or f"b{n}@x.io", quantity, key, digest,
-                        deadline or time.time() + 60, f"hold-{n}")
+                        deadline or NOW.timestamp() + 60, f"hold-{n}")
 
 
 def decide(sale_now, requests):
@@ -66,7 +66,7 @@ def test_a_key_already_in_the_database_is_replayed_without_a_new_hold():
 
 
 def test_a_buyer_who_gave_up_waiting_is_not_sold_anything():
-    answers, accepted, _, _ = decide(sale(), [request(0, deadline=time.time() - 1), request(1)])
+    answers, accepted, _, _ = decide(sale(), [request(0, deadline=NOW.timestamp() - 1), request(1)])
     assert isinstance(answers["t0"], LockBusy)
     assert [hold[0] for hold in accepted] == ["hold-1"]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 
 from config import TestConfig
 from flashsale.errors import LockBusy, SoldOut
@@ -339,3 +339,94 @@ def test_redis_stopping_mid_test_gives_503_and_the_app_recovers(app, make_produc
     assert count_orders(app) == 2
     with app.app_context():
         assert audit(db.session) == []
+
+
+def _buyer_in_line_behind(app, slug, policy, outcome):
+    """Start a buyer thread that joins the line behind a lock the test holds; returns the thread."""
+
+    def buy():
+        with app.app_context():
+            try:
+                outcome["placed"] = holds.place_hold(db.session, redis_store.client, slug, "late@x.io", 1, policy)
+            except LockBusy as busy:
+                outcome["refused"] = busy
+            finally:
+                db.session.remove()
+
+    thread = threading.Thread(target=buy)
+    thread.start()
+    return thread
+
+
+def _take_the_line(redis, product_id):
+    from flashsale import keys
+    from flashsale.inventory import line
+
+    raw = wait_until(lambda: redis.lpop(keys.lock_line(product_id)), 5, interval=0.002,
+                     message="the buyer to join the line")
+    return line.Request.decode(raw)
+
+
+def _waiting_on_row_lock(app):
+    with app.app_context():
+        waiting = db.session.execute(text(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%FOR UPDATE%'"
+        )).scalar_one()
+        db.session.remove()
+        return waiting > 0
+
+
+def test_a_hold_committed_for_a_buyer_who_was_never_answered_is_still_answered_201(app, make_product,
+                                                                                    monkeypatch):
+    """A holder takes the buyer's request, reads the clock in time, then stalls and never answers (its
+    answer lost, as when Redis dies): the buyer settles it with the database and gets its hold."""
+    from flashsale.inventory import line, placement
+
+    make_product(slug="unanswered", total_stock=5)
+    policy = holds.HoldPolicy(lock_ttl_ms=200, lock_wait_ms=600)
+    real_insert = placement.BatchTransaction.insert_and_commit
+
+    def stalled_insert(self, *args):
+        # Commit only once the buyer, past its deadline, is queued on the product's row lock.
+        wait_until(lambda: _waiting_on_row_lock(app), 10, interval=0.01, message="the buyer on the row lock")
+        return real_insert(self, *args)
+
+    monkeypatch.setattr(placement.BatchTransaction, "insert_and_commit", stalled_insert)
+    outcome = {}
+    with app.app_context():
+        redis = redis_store.client
+        holder = locks.ProductLock(redis, 1, ttl_ms=30_000, wait_ms=0).acquire()
+        buyer = _buyer_in_line_behind(app, "unanswered", policy, outcome)
+        request = _take_the_line(redis, 1)
+        answers = line.serve(db.session, redis, 1, [request], 120, "0")  # decided in time; never sent
+        db.session.remove()
+        buyer.join(15)
+        holder.release()
+    assert isinstance(answers[request.ticket], line.Created)
+    assert "placed" in outcome and outcome["placed"].hold.id == request.hold_id
+    assert count_orders(app) == 1
+
+
+def test_a_request_taken_after_its_deadline_is_refused_and_its_buyer_told_503(app, make_product):
+    """A holder takes the buyer's request but only reaches the database after the deadline: it must
+    refuse it, so the buyer's 503 (settled with the database) is true."""
+    from flashsale.inventory import line
+
+    make_product(slug="too-late", total_stock=5)
+    policy = holds.HoldPolicy(lock_ttl_ms=200, lock_wait_ms=300)
+    outcome = {}
+    with app.app_context():
+        redis = redis_store.client
+        holder = locks.ProductLock(redis, 1, ttl_ms=30_000, wait_ms=0).acquire()
+        buyer = _buyer_in_line_behind(app, "too-late", policy, outcome)
+        request = _take_the_line(redis, 1)
+        db_clock = lambda: db.session.execute(text("SELECT extract(epoch FROM clock_timestamp())")).scalar()  # noqa: E731
+        wait_until(lambda: float(db_clock()) > request.deadline, 5, interval=0.01, message="the deadline")
+        db.session.rollback()
+        answers = line.serve(db.session, redis, 1, [request], 120, "0")
+        db.session.remove()
+        buyer.join(15)
+        holder.release()
+    assert isinstance(answers[request.ticket], LockBusy)
+    assert "refused" in outcome
+    assert count_orders(app) == 0

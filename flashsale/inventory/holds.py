@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from redis.exceptions import RedisError
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import make_transient_to_detached
 
@@ -121,10 +121,14 @@ def _place_in_line(session, redis, product_id, email, quantity, policy, key, dig
                        batch=line.BATCH)
     try:
         answer = _wait_in_line(session, redis, product_id, lock, ticket, policy)
-    except RedisError:
-        # Redis went away while we were in line: a holder may have committed our hold before it
-        # could answer. Only the database can say, so ask it before answering 503.
-        if not lock.joined or (order := _committed_hold(session, product_id, request.hold_id)) is None:
+    except (RedisError, LockBusy) as failure:
+        # Redis went away while we were in line, or a holder took our request and never answered: it
+        # may have committed our hold all the same. A 503 must mean "nothing changed", so only the
+        # database can settle it.
+        unsettled = isinstance(failure, RedisError) and lock.joined
+        if not (unsettled or lock.unanswered):
+            raise
+        if (order := _committed_hold(session, product_id, request.hold_id, request.deadline)) is None:
             raise
         return PlacedHold(order, True, lock.waited_ms)
     if isinstance(answer, line.Created):
@@ -159,9 +163,16 @@ def _wait_in_line(session, redis, product_id, lock, ticket, policy):
             return line.decode_answer(lock.reply)
 
 
-def _committed_hold(session, product_id, hold_id):
-    """Our hold if a holder committed it: wait out any hold transaction on the product, then look."""
+def _committed_hold(session, product_id, hold_id, deadline):
+    """Our hold if a holder committed it, else None, and then no holder ever will.
+
+    Holders refuse a request whose deadline is past by the database clock read under the row lock
+    (line._decide). So: wait until the database clock is past our deadline, take the row lock (which
+    waits out any holder that read the clock in time), and look.
+    """
     session.rollback()
+    session.execute(text("SELECT pg_sleep(GREATEST(0, :deadline - EXTRACT(EPOCH FROM clock_timestamp())))"),
+                    {"deadline": deadline + 0.001})
     session.execute(select(Product.id).where(Product.id == product_id).with_for_update())
     found = session.execute(select(Order.id).where(Order.id == hold_id)).scalar_one_or_none()
     session.rollback()

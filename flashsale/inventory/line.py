@@ -11,7 +11,6 @@ paid once per batch instead of once per buyer; alone, a buyer serves a batch of 
 
 import json
 import logging
-import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -110,9 +109,13 @@ def _decide(sale, requests, expires):
     holding = dict(sale.by_customer)
     used_keys = dict(sale.used_keys)
     answers, accepted, refused_for_stock = {}, [], False
-    wall_clock = time.time()
+    # Deadlines are judged by the database clock read after the row lock was granted. A buyer that
+    # gets no answer waits until the database clock is past its deadline, then takes the row lock and
+    # looks for its hold (holds._settle_unanswered): a holder that read the clock before the deadline
+    # still holds the row lock then, so the buyer sees its commit; one that reads it later refuses.
+    db_clock = sale.now.timestamp()
     for r in requests:
-        if r.deadline < wall_clock:  # its buyer has given up waiting (and was told 503)
+        if r.deadline <= db_clock:  # its buyer has given up waiting
             answers[r.ticket] = errors.LockBusy()
             continue
         if r.key and r.key in used_keys:

@@ -110,6 +110,7 @@ class ProductLock:
         self._started = self._deadline = None
         self._in_line = False
         self.joined = False  # this buyer's entry went into the line (a holder may have served it)
+        self.unanswered = False  # a holder took the entry and never answered (see served_after_deadline)
         self._just_tried = False
         self._attempt_keys = [self.key, refuse_if or self.key, read_with or self.key,
                               self.line_key if line_entry else self.key,
@@ -168,7 +169,11 @@ class ProductLock:
         return self._deadline is not None and time.monotonic() >= self._deadline
 
     def served_after_deadline(self):
-        """At the deadline: leave the line (False), or wait for the holder already serving us (True)."""
+        """At the deadline: leave the line (False), or wait for the holder already serving us (True).
+
+        If a holder took the entry but no answer came within ttl_ms, `unanswered` is set: only the
+        database can then say whether that holder committed our hold.
+        """
         if self.redis.lrem(self.line_key, 1, self.line_entry):
             self._in_line = False
             return False
@@ -177,6 +182,7 @@ class ProductLock:
         if popped:
             self.reply = popped[1]
             return True
+        self.unanswered = True
         return False
 
     def leave_line(self):

@@ -23,7 +23,10 @@ LOCK_ROW = "SELECT 1 FROM products WHERE id = %(product_id)s FOR UPDATE"
 
 READ_SALE = """
 WITH clock AS (
-    SELECT statement_timestamp() AS now
+    -- clock_timestamp(), not statement_timestamp(): this statement shares a message with the row lock,
+    -- and statement_timestamp() would be when the message arrived, before the wait for the lock. The
+    -- instant *after* the lock was granted is what a buyer's deadline is compared with (line.py).
+    SELECT clock_timestamp() AS now
 ), product AS (
     SELECT total_stock, max_per_customer, sale_starts_at, sale_ends_at, confirmed_units
     FROM products WHERE id = %(product_id)s
