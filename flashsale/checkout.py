@@ -1,4 +1,4 @@
-"""Placing a hold for a request, the same way for the JSON API and the shop's form.
+"""Placing and releasing a hold for a request, the same way for the JSON API and the shop's forms.
 
 One sequence, written once (design section 4, step 5): the domain's `place_hold`, then the expiry job,
 then the metrics. Views only parse their input before and shape their answer after.
@@ -33,6 +33,14 @@ def place_hold(product_ref, email, quantity, idempotency_key=None):
                                latency_ms=(time.perf_counter() - started) * 1000,
                                lock_wait_ms=placed.lock_wait_ms)
     return placed
+
+
+def release_hold(hold_id):
+    """Release a hold and count it once, however often the shopper clicks."""
+    order, released_now = holds.release_hold_once(db.session, redis_store.client, hold_id)
+    if released_now:
+        metrics.record_outcome(redis_store.client, "released", order.product_id)
+    return order, released_now
 
 
 def after_hold_created(placed):

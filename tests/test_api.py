@@ -237,3 +237,11 @@ async def _post_headers(url):
 
     async with aiohttp.ClientSession() as client, client.post(url, json={"email": "z@example.com"}) as response:
         return response.status, dict(response.headers)
+
+
+def test_releasing_twice_counts_one_release(client, make_product):
+    make_product()
+    hold_id = hold(client).json["id"]
+    assert client.post(f"/api/holds/{hold_id}/release").status_code == 200
+    assert client.post(f"/api/holds/{hold_id}/release").status_code == 200
+    assert client.get("/admin/metrics").json["totals"]["released"] == 1

@@ -4,7 +4,7 @@ from flask import Blueprint, jsonify, request
 from sqlalchemy import select
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from .. import checkout, metrics
+from .. import checkout
 from ..errors import InvalidInput
 from ..extensions import db, redis_store
 from ..inventory import catalog, holds
@@ -70,8 +70,7 @@ def confirm_hold(hold_id):
 @bp.post("/holds/<hold_id>/release")
 def release_hold(hold_id):
     """Give the hold's units back at once."""
-    order = holds.release_hold(db.session, redis_store.client, hold_id)
-    metrics.record_outcome(redis_store.client, "released", order.product_id)
+    order, _ = checkout.release_hold(hold_id)
     return jsonify(hold_json(order)), 200
 
 

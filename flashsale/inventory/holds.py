@@ -340,21 +340,26 @@ def check_confirmable(session, hold_id):
 
 def release_hold(session, redis, hold_id, reason="customer"):
     """Give a live hold's units back at once (RELEASED); releasing twice is harmless."""
+    return release_hold_once(session, redis, hold_id, reason)[0]
+
+
+def release_hold_once(session, redis, hold_id, reason="customer"):
+    """Like release_hold, returning (hold, True) only for the one call that released it."""
     order = get_hold(session, hold_id)
     if order.status == RELEASED:
-        return order
+        return order, False
     if order.status == CONFIRMED:
         raise HoldConfirmed()
     won = transition_hold(session, hold_id, RELEASED, still_live=True, metadata={"reason": reason})
     if won is None:
         order = get_hold(session, hold_id)
         if order.status == RELEASED:
-            return order
+            return order, False
         if order.status == CONFIRMED:
             raise HoldConfirmed()
         raise HoldExpired(expired_at=order.hold_expires_at.isoformat())
     soldout.stock_returned(redis, [won[0]])
-    return session.get(Order, hold_id, populate_existing=True)
+    return session.get(Order, hold_id, populate_existing=True), True
 
 
 def confirm_hold(session, redis, hold_id, gateway):

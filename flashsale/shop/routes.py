@@ -8,7 +8,7 @@ the domain become the same page with a flash message and the contract's status c
 from flask import Blueprint, abort, current_app, flash, jsonify, redirect, render_template, url_for
 from sqlalchemy import select
 
-from .. import checkout, metrics
+from .. import checkout
 from ..api.serialise import iso
 from ..errors import FlashsaleError, HoldConfirmed, HoldExpired, HoldReleased, InvalidInput
 from ..extensions import db, redis_store
@@ -16,7 +16,7 @@ from ..inventory import catalog, holds
 from ..inventory.clock import db_now
 from ..inventory.stock import sale_state, stock_levels
 from ..jobs import enqueue_confirmation
-from ..models import RELEASED, Product
+from ..models import Product
 from ..ratelimits import hold_limits
 from . import presenting
 from .forms import HoldActionForm, HoldForm
@@ -120,14 +120,13 @@ def confirm(token):
 def release(token):
     """Give the units back at once."""
     require_action_form()
-    if holds.get_hold(db.session, token).status == RELEASED:
-        flash("This hold was already released.", "info")  # a second click: nothing to do or count
-        return redirect(url_for("shop.hold", token=token), 303)
     try:
-        order = holds.release_hold(db.session, redis_store.client, token)
+        _, released_now = checkout.release_hold(token)
     except (HoldConfirmed, HoldExpired) as refusal:
         return refused_on_hold_page(token, refusal)
-    metrics.record_outcome(redis_store.client, "released", order.product_id)
+    if not released_now:
+        flash("This hold was already released.", "info")  # a second click: nothing to do or count
+        return redirect(url_for("shop.hold", token=token), 303)
     flash("Hold released: the units are back on sale.", "info")
     return redirect(url_for("shop.hold", token=token), 303)
 
