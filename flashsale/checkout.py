@@ -1,7 +1,8 @@
 """Placing and releasing a hold for a request, the same way for the JSON API and the shop's forms.
 
-One sequence, written once (design section 4, step 5): the domain's `place_hold`, then the expiry job,
-then the metrics. Views only parse their input before and shape their answer after.
+One sequence, written once (design section 4, step 5): the domain's `place_hold`, which calls back
+to schedule expiry once per committed batch, then the metrics. Views only parse their input before
+and shape their answer after.
 """
 
 import time
@@ -12,7 +13,7 @@ from . import metrics
 from .errors import FlashsaleError
 from .extensions import db, redis_store
 from .inventory import holds
-from .jobs import schedule_expiry
+from .jobs import schedule_expiries
 
 
 def place_hold(product_ref, email, quantity, idempotency_key=None):
@@ -22,13 +23,12 @@ def place_hold(product_ref, email, quantity, idempotency_key=None):
     redis = redis_store.client
     try:
         placed = holds.place_hold(db.session, redis, product_ref, email, quantity, policy,
-                                  idempotency_key)
+                                  idempotency_key, on_committed=schedule_expiry)
     except FlashsaleError as refusal:
         metrics.record_outcome(redis, outcome_name(refusal),
                                latency_ms=(time.perf_counter() - started) * 1000)
         raise
     if placed.created:
-        after_hold_created(placed)
         metrics.record_outcome(redis, "created", placed.hold.product_id,
                                latency_ms=(time.perf_counter() - started) * 1000,
                                lock_wait_ms=placed.lock_wait_ms)
@@ -43,12 +43,13 @@ def release_hold(hold_id):
     return order, released_now
 
 
-def after_hold_created(placed):
-    """Schedule the hold's expiry; if Redis refuses, the sweeper and read-time expiry cover it."""
+def schedule_expiry(hold_ids, hold_expires_at):
+    """Schedule expiry for holds one transaction created (a whole batch at once); if Redis refuses,
+    the sweeper and read-time expiry cover them."""
     try:
-        schedule_expiry(redis_store.queue, placed.hold)
-    except Exception:  # noqa: BLE001 - the hold is committed; expiry is already decided by the clock
-        current_app.logger.warning("could not schedule expiry of %s", placed.hold.id)
+        schedule_expiries(redis_store.queue, hold_ids, hold_expires_at)
+    except Exception:  # noqa: BLE001 - the holds are committed; expiry is already decided by the clock
+        current_app.logger.warning("could not schedule expiry of %d holds", len(hold_ids))
 
 
 def outcome_name(refusal):

@@ -44,17 +44,19 @@ def confirm_hold(hold_id):
         return order.status
 
 
-def expire_hold(hold_id):
-    """Job: record a hold as EXPIRED at its expiry (a no-op if confirmed or released first)."""
+def expire_holds(hold_ids):
+    """Job: record holds as EXPIRED at their expiry (a no-op for any confirmed or released first)."""
     from . import metrics
 
     with _app_context():
-        session = db.session
-        order = holds.get_hold(session, hold_id)
-        if expiry.expire_hold(session, redis_store.client, hold_id):
-            metrics.record_outcome(redis_store.client, "expired", order.product_id)
-            return True
-        return False
+        session, redis = db.session, redis_store.client
+        expired = 0
+        for hold_id in hold_ids:
+            order = holds.get_hold(session, hold_id)
+            if expiry.expire_hold(session, redis, hold_id):
+                expired += 1
+                metrics.record_outcome(redis, "expired", order.product_id)
+        return expired
 
 
 def sweep_expired_holds():
@@ -69,10 +71,11 @@ def sweep_expired_holds():
         return count
 
 
-def schedule_expiry(queue, order):
-    """Enqueue expire_hold to run at the hold's expiry (needs a worker started with the scheduler)."""
-    return queue.enqueue_at(order.hold_expires_at, expire_hold, order.id,
-                            job_id=f"expire-{order.id}", result_ttl=60, failure_ttl=3600)
+def schedule_expiries(queue, hold_ids, hold_expires_at):
+    """Enqueue one expire_holds job for holds that lapse together (one batch of the line), to run at
+    their expiry (needs a worker started with the scheduler). Job id: expire-<first hold id>."""
+    return queue.enqueue_at(hold_expires_at, expire_holds, list(hold_ids),
+                            job_id=f"expire-{hold_ids[0]}", result_ttl=60, failure_ttl=3600)
 
 
 def enqueue_confirmation(queue, order):

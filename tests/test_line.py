@@ -158,3 +158,36 @@ def test_confirmed_units_count_against_stock_without_summing_history(
     with pytest.raises(SoldOut):
         holds.place_hold(session, redis, "ps5", "c@x.io", 1, policy)
     assert session.execute(select(func.count()).select_from(Order)).scalar_one() == 2
+
+
+def test_a_batch_calls_back_once_with_every_hold_it_committed(app, make_product, postgres_only):
+    """Per-batch work (scheduling expiry) runs once for the whole batch, outside the lock."""
+    import threading
+
+    from flashsale.extensions import db, redis_store
+    from tests.live_server import wait_until
+
+    make_product(slug="batched", total_stock=20)
+    policy = holds.HoldPolicy(lock_wait_ms=5000)
+    calls, placed = [], []
+
+    def buy(n):
+        with app.app_context():
+            placed.append(holds.place_hold(db.session, redis_store.client, "batched", f"b{n}@x.io", 1, policy,
+                                           on_committed=lambda ids, expires: calls.append((ids, expires))))
+            db.session.remove()
+
+    with app.app_context():
+        redis = redis_store.client
+        holder = ProductLock(redis, 1, ttl_ms=30_000, wait_ms=0).acquire()
+        buyers = [threading.Thread(target=buy, args=(n,)) for n in range(10)]
+        for buyer in buyers:
+            buyer.start()
+        wait_until(lambda: redis.llen(keys.lock_line(1)) == 10, 10, message="ten buyers in line")
+        holder.release()
+        for buyer in buyers:
+            buyer.join(10)
+    assert len(placed) == 10 and len(calls) == 1
+    ids, expires = calls[0]
+    assert sorted(ids) == sorted(p.hold.id for p in placed)
+    assert {p.hold.hold_expires_at for p in placed} == {expires}

@@ -74,8 +74,13 @@ def request_digest(product_id, email, quantity):
 
 
 def place_hold(session, redis, product_ref, email, quantity=1, policy=HoldPolicy(),
-               idempotency_key=None):
-    """Hold `quantity` units of a product for `email` for policy.hold_seconds, or raise why not."""
+               idempotency_key=None, on_committed=None):
+    """Hold `quantity` units of a product for `email` for policy.hold_seconds, or raise why not.
+
+    on_committed(hold_ids, hold_expires_at), if given, is called once per committed transaction that
+    created holds, outside the lock, by whichever buyer ran it: with the line that is one call for a
+    whole batch (others' holds included), so per-batch work such as scheduling expiry is done once.
+    """
     email, quantity = validate_hold_request(email, quantity, policy.max_quantity)
     idempotency_key = validate_idempotency_key(idempotency_key)
     sale = catalog.sale_info(session, product_ref)
@@ -94,7 +99,7 @@ def place_hold(session, redis, product_ref, email, quantity=1, policy=HoldPolicy
 
     if is_postgresql(session):
         return _place_in_line(session, redis, sale.id, email, quantity, policy, idempotency_key,
-                              digest)
+                              digest, on_committed)
     lock = ProductLock(redis, sale.id, policy.lock_ttl_ms, policy.lock_wait_ms,
                        refuse_if=keys.sold_out(sale.id), read_with=keys.stock_generation(sale.id))
     try:
@@ -106,10 +111,12 @@ def place_hold(session, redis, product_ref, email, quantity=1, policy=HoldPolicy
     except LockRefused:
         session.rollback()
         raise SoldOut(fast=True) from None
+    if hold.created and on_committed:
+        on_committed([hold.order.id], hold.order.hold_expires_at)
     return PlacedHold(hold.order, hold.created, lock.waited_ms)
 
 
-def _place_in_line(session, redis, product_id, email, quantity, policy, key, digest):
+def _place_in_line(session, redis, product_id, email, quantity, policy, key, digest, on_committed):
     """On PostgreSQL: join the product's line; serve batches of it whenever we hold the lock."""
     ticket = secrets.token_hex(8)
     request = line.Request(ticket, email, quantity, key, digest,
@@ -120,7 +127,7 @@ def _place_in_line(session, redis, product_id, email, quantity, policy, key, dig
                        line_entry=request.encode(), reply_key=keys.line_reply(product_id, ticket),
                        batch=line.BATCH)
     try:
-        answer = _wait_in_line(session, redis, product_id, lock, ticket, policy)
+        answer = _wait_in_line(session, redis, product_id, lock, ticket, policy, on_committed)
     except (RedisError, LockBusy) as failure:
         # Redis went away while we were in line, or a holder took our request and never answered: it
         # may have committed our hold all the same. A 503 must mean "nothing changed", so only the
@@ -142,7 +149,7 @@ def _place_in_line(session, redis, product_id, email, quantity, policy, key, dig
     raise answer
 
 
-def _wait_in_line(session, redis, product_id, lock, ticket, policy):
+def _wait_in_line(session, redis, product_id, lock, ticket, policy, on_committed):
     """Our answer: from a holder's reply, or from serving the line ourselves when we get the lock."""
     while True:
         try:
@@ -152,7 +159,7 @@ def _wait_in_line(session, redis, product_id, lock, ticket, policy):
             raise SoldOut(fast=True) from None
         if lock.reply is not None:
             return line.decode_answer(lock.reply)
-        answer = _serve_line(session, redis, product_id, lock, ticket, policy)
+        answer = _serve_line(session, redis, product_id, lock, ticket, policy, on_committed)
         if answer is not None:
             return answer
         if lock.past_deadline():
@@ -179,7 +186,7 @@ def _committed_hold(session, product_id, hold_id, deadline):
     return get_hold(session, hold_id) if found else None
 
 
-def _serve_line(session, redis, product_id, lock, ticket, policy):
+def _serve_line(session, redis, product_id, lock, ticket, policy, on_committed):
     """Holding the lock: serve a batch from the front of the line, release, answer the others.
 
     Returns our own answer, or None when our request was not in this batch (we wait again).
@@ -203,6 +210,9 @@ def _serve_line(session, redis, product_id, lock, ticket, policy):
         raise
     _release(lock)
     line.answer(redis, product_id, {t: a for t, a in answers.items() if t != ticket})
+    created = [a for a in answers.values() if isinstance(a, line.Created)]
+    if created and on_committed:
+        on_committed([a.hold_id for a in created], created[0].hold_expires_at)
     return answers.get(ticket)
 
 
