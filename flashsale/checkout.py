@@ -29,7 +29,7 @@ def place_hold(product_ref, email, quantity, idempotency_key=None):
                                latency_ms=(time.perf_counter() - started) * 1000)
         raise
     if placed.created:
-        metrics.record_outcome(redis, "created", placed.hold.product_id,
+        metrics.record_outcome(redis, "created",
                                latency_ms=(time.perf_counter() - started) * 1000,
                                lock_wait_ms=placed.lock_wait_ms)
     return placed
@@ -39,7 +39,7 @@ def release_hold(hold_id):
     """Release a hold and count it once, however often the shopper clicks."""
     order, released_now = holds.release_hold_once(db.session, redis_store.client, hold_id)
     if released_now:
-        metrics.record_outcome(redis_store.client, "released", order.product_id)
+        metrics.record_outcome(redis_store.client, "released")
     return order, released_now
 
 

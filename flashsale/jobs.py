@@ -5,6 +5,7 @@ from contextlib import contextmanager, nullcontext
 
 from flask import current_app, has_app_context
 
+from . import metrics
 from .extensions import db, redis_store
 from .inventory import expiry, holds
 from .payments import gateway_from_config
@@ -35,39 +36,30 @@ def _app_context():
 
 def confirm_hold(hold_id):
     """Job: charge and confirm a hold (or release it if payment is refused)."""
-    from . import metrics
-
     with _app_context():
         gateway = gateway_from_config(current_app.config)
         order = holds.confirm_hold(db.session, redis_store.client, hold_id, gateway)
-        metrics.record_outcome(redis_store.client, order.status.lower(), order.product_id)
+        metrics.record_outcome(redis_store.client, order.status.lower())
         return order.status
 
 
 def expire_holds(hold_ids):
     """Job: record holds as EXPIRED at their expiry (a no-op for any confirmed or released first)."""
-    from . import metrics
-
     with _app_context():
         session, redis = db.session, redis_store.client
-        expired = 0
-        for hold_id in hold_ids:
-            order = holds.get_hold(session, hold_id)
-            if expiry.expire_hold(session, redis, hold_id):
-                expired += 1
-                metrics.record_outcome(redis, "expired", order.product_id)
+        expired = sum(expiry.expire_hold(session, redis, hold_id) for hold_id in hold_ids)
+        if expired:
+            metrics.record_outcome(redis, "expired", expired)
         return expired
 
 
 def sweep_expired_holds():
     """Job: record every lapsed hold a lost or late expire_hold job missed."""
-    from . import metrics
-
     with _app_context():
         count = expiry.sweep_expired_holds(db.session, redis_store.client)
         if count:
             log.info("sweeper recorded %d expired holds", count)
-            metrics.record_outcome(redis_store.client, "expired", None, count)
+            metrics.record_outcome(redis_store.client, "expired", count)
         return count
 
 

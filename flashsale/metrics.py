@@ -27,7 +27,7 @@ def _bucket(now=None):
     return int((now or time.time()) // BUCKET_SECONDS)
 
 
-def record_outcome(redis, outcome, product_id=None, count=1, latency_ms=None, lock_wait_ms=None):
+def record_outcome(redis, outcome, count=1, latency_ms=None, lock_wait_ms=None):
     """Count one outcome (and optionally its latency) in the totals and the current bucket."""
     bucket_key = keys.metrics(f"bucket:{_bucket()}")
     try:
@@ -35,8 +35,6 @@ def record_outcome(redis, outcome, product_id=None, count=1, latency_ms=None, lo
         pipe.hincrby(keys.metrics("totals"), outcome, count)
         pipe.hincrby(bucket_key, outcome, count)
         pipe.expire(bucket_key, BUCKET_SECONDS * WINDOW_BUCKETS)
-        if product_id is not None:
-            pipe.hincrby(keys.metrics(f"product:{product_id}"), outcome, count)
         if latency_ms is not None:
             pipe.lpush(keys.metrics("latency"), round(latency_ms, 2))
             pipe.ltrim(keys.metrics("latency"), 0, LATENCY_SAMPLES - 1)
@@ -81,12 +79,6 @@ def snapshot(redis, buckets=WINDOW_BUCKETS):
         "hold_latency_ms": percentiles([float(x) for x in latency]),
         "lock_wait_ms": percentiles([float(x) for x in lock_wait]),
     }
-
-
-def product_counters(redis, product_id):
-    """Outcome counts for one product since metrics began."""
-    raw = redis.hgetall(keys.metrics(f"product:{product_id}"))
-    return {k.decode(): int(v) for k, v in raw.items()}
 
 
 def sample_gauges(redis, stock_by_product, hold_latency, lock_wait, now=None):

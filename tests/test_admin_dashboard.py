@@ -113,7 +113,7 @@ def test_recording_an_outcome_is_one_round_trip(redis, monkeypatch):
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(type(redis.pipeline()), "execute", counting)
-    metrics.record_outcome(redis, "created", 1, latency_ms=3.2, lock_wait_ms=0.4)
+    metrics.record_outcome(redis, "created", latency_ms=3.2, lock_wait_ms=0.4)
     assert len(sent) == 1 and sent[0] > 1
 
 

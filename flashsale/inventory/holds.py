@@ -93,8 +93,7 @@ def place_hold(session, redis, product_ref, email, quantity=1, policy=HoldPolicy
     _check_sale_window(sale.sale_starts_at, sale.sale_ends_at, datetime.now(timezone.utc))
     if quantity > sale.max_per_customer:
         raise LimitExceeded(limit=sale.max_per_customer)
-    marked, _ = soldout.probe(redis, sale.id)
-    if marked:
+    if soldout.is_marked(redis, sale.id):
         raise SoldOut(fast=True)
 
     if is_postgresql(session):

@@ -35,10 +35,9 @@ return redis.call('INCR', KEYS[2])
 log = logging.getLogger(__name__)
 
 
-def probe(redis, product_id):
-    """Return (is_marked_sold_out, stock_generation) in one round trip."""
-    marked, generation = redis.mget(keys.sold_out(product_id), keys.stock_generation(product_id))
-    return marked is not None, (generation or b"0").decode()
+def generation(redis, product_id):
+    """The product's stock generation; the lock attempt reads it (read_with) before the database."""
+    return (redis.get(keys.stock_generation(product_id)) or b"0").decode()
 
 
 def is_marked(redis, product_id):
