@@ -70,7 +70,12 @@ def schedule_expiries(queue, hold_ids, hold_expires_at):
                             job_id=f"expire-{hold_ids[0]}", result_ttl=60, failure_ttl=3600)
 
 
+def confirmation_job_id(hold_id):
+    """The RQ job id of a hold's confirmation (one per hold: a second click re-enqueues the same job)."""
+    return f"confirm-{hold_id}"
+
+
 def enqueue_confirmation(queue, order):
     """Enqueue confirm_hold for a hold; the job is idempotent, so a second click is harmless."""
-    return queue.enqueue(confirm_hold, order.id, job_id=f"confirm-{order.id}",
+    return queue.enqueue(confirm_hold, order.id, job_id=confirmation_job_id(order.id),
                          result_ttl=300, failure_ttl=3600)

@@ -328,11 +328,16 @@ def get_hold(session, hold_id):
     return order
 
 
+def effective_status(order, now):
+    """The hold's status as the clock has decided it: a lapsed PENDING hold is EXPIRED already."""
+    if order.status == PENDING and order.hold_expires_at <= now:
+        return EXPIRED
+    return order.status
+
+
 def is_lapsed(session, order):
-    """True when a PENDING hold is past its expiry by the database clock (recorded or not)."""
-    return order.status == EXPIRED or (
-        order.status == PENDING and order.hold_expires_at <= db_now(session)
-    )
+    """True when a hold is EXPIRED or past its expiry by the database clock (recorded or not)."""
+    return effective_status(order, db_now(session)) == EXPIRED
 
 
 def check_confirmable(session, hold_id):

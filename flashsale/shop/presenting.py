@@ -8,23 +8,17 @@ from rq.job import Job
 from sqlalchemy import select
 
 from ..extensions import redis_store
-from ..models import EXPIRED, PENDING, RELEASED, InventoryEvent
+from ..jobs import confirmation_job_id
+from ..models import RELEASED, InventoryEvent
 
 log = logging.getLogger(__name__)
 RUNNING_JOB = {"queued", "started", "deferred", "scheduled"}
 
 
-def effective_status(order, now):
-    """The hold's status as the clock has decided it: a lapsed PENDING hold is EXPIRED already."""
-    if order.status == PENDING and order.hold_expires_at <= now:
-        return EXPIRED
-    return order.status
-
-
 def confirming(order):
     """True while the hold's confirmation job is queued or running (best effort: False if unknown)."""
     try:
-        job = Job.fetch(f"confirm-{order.id}", connection=redis_store.client)
+        job = Job.fetch(confirmation_job_id(order.id), connection=redis_store.client)
         status = job.get_status(refresh=False)
     except (NoSuchJobError, RedisError):
         return False

@@ -94,7 +94,7 @@ def hold_status(token):
     session = db.session
     order = holds.get_hold(session, token)
     now = db_now(session)
-    status = presenting.effective_status(order, now)
+    status = holds.effective_status(order, now)
     return jsonify(status=status, confirming=status == "PENDING" and presenting.confirming(order),
                    hold_expires_at=iso(order.hold_expires_at), server_time=iso(now))
 
@@ -165,7 +165,7 @@ def render_hold(order, status=200):
     """The hold page for an order, with its effective status by the database clock."""
     session = db.session
     now = db_now(session)
-    effective = presenting.effective_status(order, now)
+    effective = holds.effective_status(order, now)
     product = session.get(Product, order.product_id)
     page = render_template(
         "shop/hold.html", order=order, product=product, status=effective, now=now,
