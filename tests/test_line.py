@@ -15,7 +15,9 @@ from flashsale.inventory.placement import SaleNow
 from flashsale.models import InventoryEvent, Order, Product
 from flashsale.payments import FakeGateway
 
-NOW = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
+# Pure tests of _decide pass this moment in explicitly. Anything that reaches a real clock (the
+# database's, Redis TTLs, the process's) builds its times from the clock at run time instead.
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)  # fixed-date-ok: pure tests only
 
 
 def sale(total=10, taken=0, limit=1, by_customer=None, used_keys=None, starts=None, ends=None):
@@ -23,9 +25,9 @@ def sale(total=10, taken=0, limit=1, by_customer=None, used_keys=None, starts=No
                    taken, None, by_customer or {}, used_keys or {})
 
 
-def request(n, email=None, quantity=1, key=None, digest=None, deadline=None):
+def request(n, email=None, quantity=1, key=None, digest=None, deadline=None, now=NOW):
     return line.Request(f"t{n}", email or f"b{n}@x.io", quantity, key, digest,
-                        deadline or NOW.timestamp() + 60, f"hold-{n}")
+                        deadline or now.timestamp() + 60, f"hold-{n}")
 
 
 def decide(sale_now, requests):
@@ -95,7 +97,9 @@ def test_an_answer_survives_the_trip_through_redis(answer):
 def test_one_transaction_serves_a_batch_and_marks_the_product_sold_out(
         session, redis, make_product, policy, postgres_only):
     pid = make_product(total_stock=3, max_per_customer=2)
-    requests = [request(0, "a@x.io"), request(1, "a@x.io"), request(2, "a@x.io"), request(3)]
+    now = datetime.now(timezone.utc)  # line.serve judges deadlines by the database clock
+    requests = [request(0, "a@x.io", now=now), request(1, "a@x.io", now=now),
+                request(2, "a@x.io", now=now), request(3, now=now)]
     answers = line.serve(session, redis, pid, requests, 120, "0")
     assert [type(answers[f"t{n}"]) for n in range(4)] == [line.Created, line.Created, LimitExceeded,
                                                           line.Created]

@@ -30,6 +30,9 @@ from flashsale.simulate import (
 )
 from tests.live_server import BIN, ROOT, LiveServer, server_env
 
+# Far enough ahead that no hold in these reports lapses while a test runs; built from the clock now.
+LATER = (datetime.now(timezone.utc) + timedelta(days=1)).isoformat().replace("+00:00", "Z")
+
 HOLD_SECONDS = 5
 
 
@@ -78,7 +81,7 @@ def _result(i, status, code=None, at=0.1, latency=10.0, plan="confirm", quantity
                          [Attempt(status, code, latency, at)])
     if status == 201:
         result.hold = {"id": f"h{i}", "quantity": quantity, "status": hold_status,
-                       "hold_expires_at": "2099-01-01T00:00:00Z"}
+                       "hold_expires_at": LATER}
     return result
 
 
@@ -89,7 +92,7 @@ def test_sell_out_time_is_when_the_starting_stock_was_all_held():
 
 
 def test_expired_and_nearly_expired_pending_holds_are_not_counted_as_kept():
-    now = datetime(2030, 1, 1, tzinfo=timezone.utc)
+    now = datetime.now(timezone.utc)
     later = (now + timedelta(minutes=1)).isoformat()
     holds = {
         "a": {"status": "CONFIRMED", "quantity": 2, "hold_expires_at": now.isoformat()},
@@ -106,12 +109,12 @@ def _report(available_after, holds):
     before = {"total_stock": 2, "available": 2}
     after = {"total_stock": 2, "available": available_after}
     return build_report(crowd, "http://x", results, before, after, holds,
-                        datetime(2030, 1, 1, tzinfo=timezone.utc), 0.5, {"status": "skipped", "note": "n"})
+                        datetime.now(timezone.utc), 0.5, {"status": "skipped", "note": "n"})
 
 
 def test_the_report_counts_answers_and_passes_when_nothing_is_oversold():
-    holds = {"h1": {"status": "CONFIRMED", "quantity": 1, "hold_expires_at": "2099-01-01T00:00:00Z"},
-             "h2": {"status": "RELEASED", "quantity": 1, "hold_expires_at": "2099-01-01T00:00:00Z"}}
+    holds = {"h1": {"status": "CONFIRMED", "quantity": 1, "hold_expires_at": LATER},
+             "h2": {"status": "RELEASED", "quantity": 1, "hold_expires_at": LATER}}
     report = _report(1, holds)
     assert report["responses"] == {"201 created": 2, "409 sold_out": 1}
     assert report["answers"] == {"won": 2, "sold_out": 1}
@@ -123,8 +126,8 @@ def test_the_report_counts_answers_and_passes_when_nothing_is_oversold():
 
 
 def test_the_report_fails_when_the_api_shows_more_units_than_the_stock():
-    holds = {"h1": {"status": "CONFIRMED", "quantity": 1, "hold_expires_at": "2099-01-01T00:00:00Z"},
-             "h2": {"status": "CONFIRMED", "quantity": 1, "hold_expires_at": "2099-01-01T00:00:00Z"}}
+    holds = {"h1": {"status": "CONFIRMED", "quantity": 1, "hold_expires_at": LATER},
+             "h2": {"status": "CONFIRMED", "quantity": 1, "hold_expires_at": LATER}}
     report = _report(1, holds)  # two confirmed and one still available, of a stock of two
     assert report["checks"]["kept_plus_available_within_stock"] is False
     assert report["ok"] is False
@@ -143,7 +146,7 @@ def test_retrying_buyers_come_back_after_retry_after_with_the_same_idempotency_k
             return web.json_response({"error": {"code": "unavailable", "message": "busy"}}, status=503,
                                      headers={"Retry-After": "0"})
         return web.json_response({"id": "h-" + body["email"], "quantity": 1, "status": "PENDING",
-                                  "hold_expires_at": "2099-01-01T00:00:00Z"}, status=201)
+                                  "hold_expires_at": LATER}, status=201)
 
     async def act(request):
         actions.append(request.match_info["verb"])
@@ -181,7 +184,7 @@ def test_retrying_buyers_come_back_after_retry_after_with_the_same_idempotency_k
 
 
 def test_the_table_explains_rate_limits_and_a_missing_worker():
-    holds = {"h1": {"status": "PENDING", "quantity": 1, "hold_expires_at": "2099-01-01T00:00:00Z"}}
+    holds = {"h1": {"status": "PENDING", "quantity": 1, "hold_expires_at": LATER}}
     report = _report(1, holds)
     report["responses"]["429 rate_limited"] = 3
     report["undecided_after_settle"] = 1
