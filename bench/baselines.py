@@ -1,8 +1,8 @@
-"""Ceilings and baselines the benchmark compares the product against, served by the same gunicorn config.
+"""Ceilings and baselines the benchmark compares the product against, served by the same web server.
 
     BIND=127.0.0.1:18601 gunicorn -c gunicorn.conf.py bench.baselines:app
 
-- GET  /hello                    the hello-world ceiling: Flask + gunicorn and nothing else (POST too,
+- GET  /hello                    the hello-world ceiling: Flask + the server and nothing else (POST too,
                                  for the burst's connection-storm floor).
 - POST /redis/<pid>/holds        the sold-out path's two Redis round trips (a read, a pipelined write)
                                  and nothing else: the floor under the product's fast rejection.
@@ -12,7 +12,10 @@
 - POST /naive/<pid>/holds        the naive reading of the design: a Redis lock polled with sleeps, then
                                  BEGIN, SUM over the product's orders, INSERT order, INSERT event, COMMIT.
 
-Both write real orders and HOLD_CREATED events into the product's tables, so `flask audit` checks them too.
+Under TRUSTED_PROXIES the app reads the client address from X-Forwarded-For (ProxyFix), and so do these,
+so every request pays the same middleware; they have no rate limiter (that is the product's own cost).
+The lock-free and naive baselines write real orders and HOLD_CREATED events into the product's tables, so
+`flask audit` checks them too.
 The lock-free baseline keeps its counter in `bench_stock`, a table only the benchmark creates.
 """
 
@@ -24,10 +27,14 @@ import time
 import redis
 from flask import Flask, jsonify, request
 from sqlalchemy import create_engine, text
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from config import normalise_database_url
 
 app = Flask(__name__)
+if int(os.environ.get("TRUSTED_PROXIES", 0)):
+    hops = int(os.environ["TRUSTED_PROXIES"])
+    app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
 # The same pool as the app's (config.py): DB_POOL_SIZE kept, 10 more opened when busy.
 engine = create_engine(normalise_database_url(os.environ["DATABASE_URL"]), pool_pre_ping=True,
                        pool_size=int(os.environ.get("DB_POOL_SIZE", 5)), max_overflow=10)
@@ -82,7 +89,7 @@ def _order(pid):
 
 @app.route("/hello", methods=["GET", "POST"])
 def hello():
-    """The ceiling: the cheapest JSON answer Flask under this gunicorn config can give."""
+    """The ceiling: the cheapest JSON answer Flask under this server and config can give."""
     return jsonify(hello="world")
 
 

@@ -4,6 +4,8 @@ import subprocess
 from contextlib import closing
 
 import psycopg2
+import psycopg2.extensions
+from psycopg2 import sql
 
 NEVER_RUNS_OUT = 10_000_000
 
@@ -15,10 +17,21 @@ def connect(database_url):
     return conn
 
 
+def ensure_database(database_url):
+    """Create the benchmark database when it does not exist yet (a fresh machine has none)."""
+    params = psycopg2.extensions.parse_dsn(database_url)
+    with closing(psycopg2.connect(database_url, dbname="postgres")) as conn:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (params["dbname"],))
+            if cur.fetchone() is None:
+                cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(params["dbname"])))
+
+
 def reset_schema(database_url, flask_cmd, env, cwd):
     """Drop everything, migrate from scratch with `flask db upgrade`, add the baseline's counter table."""
     with closing(connect(database_url)) as conn, conn.cursor() as cur:
-        cur.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+        cur.execute("DROP SCHEMA IF EXISTS public CASCADE; CREATE SCHEMA public")
     subprocess.run([*flask_cmd, "db", "upgrade"], env=env, cwd=cwd, check=True, capture_output=True)
     with closing(connect(database_url)) as conn, conn.cursor() as cur:
         cur.execute("CREATE TABLE bench_stock (product_id integer PRIMARY KEY "

@@ -4,6 +4,7 @@ import asyncio
 import json
 import subprocess
 import time
+import zlib
 from pathlib import Path
 
 import aiohttp
@@ -33,8 +34,14 @@ def percentile(ordered, p):
     return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))]
 
 
+def address(i, tag):
+    """Buyer i's client address (10.x.y.z, from a block the tag picks), for X-Forwarded-For."""
+    a = (zlib.crc32(tag.encode()) + i) % (1 << 24)
+    return f"10.{a >> 16}.{a >> 8 & 255}.{a & 255}"
+
+
 def burst(url, buyers, tag):
-    """`buyers` distinct buyers POST a hold at the same instant, each on its own connection."""
+    """`buyers` distinct buyers (own email, own address) POST a hold at once, each on its own connection."""
     return asyncio.run(_burst(url, buyers, tag))
 
 
@@ -49,7 +56,8 @@ async def _burst(url, buyers, tag):
             await go.wait()
             body = {"email": f"burst{tag}.{i}@bench.example", "quantity": 1}
             try:
-                async with http.post(url, json=body) as response:
+                async with http.post(url, json=body,
+                                     headers={"X-Forwarded-For": address(i, tag)}) as response:
                     await response.read()
                     status = response.status
             except (TimeoutError, aiohttp.ClientError):
