@@ -58,9 +58,9 @@ function done(summary, latency, requests)
   io.write(string.format(
     'BENCHJSON {"duration_s": %.3f, "requests": %d, "statuses": {%s}, ' ..
     '"errors": {"connect": %d, "read": %d, "write": %d, "timeout": %d}, ' ..
-    '"p50_ms": %.2f, "p95_ms": %.2f, "p99_ms": %.2f, "max_ms": %.2f}\n',
+    '"mean_ms": %.2f, "p50_ms": %.2f, "p95_ms": %.2f, "p99_ms": %.2f, "max_ms": %.2f}\n',
     summary.duration / 1e6, summary.requests, table.concat(parts, ", "),
-    e.connect, e.read, e.write, e.timeout,
+    e.connect, e.read, e.write, e.timeout, latency.mean / 1000,
     latency:percentile(50) / 1000, latency:percentile(95) / 1000, latency:percentile(99) / 1000,
     latency.max / 1000))
 end

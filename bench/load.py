@@ -24,6 +24,11 @@ def wrk(base_url, paths, *, method="POST", connections=200, seconds=10, tag="x",
     result["statuses"] = {int(k): v for k, v in result["statuses"].items()}
     result["ok_per_s"] = result["statuses"].get(201, 0) / result["duration_s"]
     result["req_per_s"] = result["requests"] / result["duration_s"]
+    # Little's law: answers/s x mean latency = connections actually being served. wrk's percentiles
+    # only cover answered requests, so a server that serves some keep-alive connections and leaves
+    # the rest waiting looks fast; this number shows it (it should be close to `connections`).
+    result["served_connections"] = result["req_per_s"] * result["mean_ms"] / 1000
+    result["connections"] = connections
     return result
 
 

@@ -70,12 +70,15 @@ ABSOLUTE = [
 COMPARED = [
     ("hello", "req_per_s", "hello world, req/s"),
     ("hello", "cpu_ms_per_request", "hello world, server CPU ms/request"),
+    ("hello", "served_connections", "hello: connections served (Little's law), of 200"),
     ("soldout", "req_per_s", "sold-out answers, req/s"),
     ("soldout", "p99_ms", "sold-out answers, p99 ms"),
     ("soldout", "cpu_ms_per_request", "sold-out answer, app CPU ms/request"),
+    ("soldout", "served_connections", "sold-out: connections served (Little's law), of 200"),
     ("hot", "ok_per_s", "hot product (200 clients), holds/s"),
     ("hot", "p99_ms", "hot product, p99 ms"),
     ("hot", "cpu_ms_per_request", "hold, app CPU ms/request"),
+    ("hot", "served_connections", "hot: connections served (Little's law), of 200"),
     ("lockfree", "ok_per_s", "lock-free baseline, holds/s"),
     ("burst_hello", "all_answered_s", "hello-world burst of 5,000: every answer, s"),
     ("burst", "last_unit_s", "burst: last unit sold (db clock), s"),
@@ -93,9 +96,13 @@ def brief(result):
     others = {k: v for k, v in result["statuses"].items() if k not in (200, 201, 409)}
     errors = {k: v for k, v in result["errors"].items() if v}
     cpu = result.get("cpu_ms_per_request")
+    served = result.get("served_connections")
+    starved = served is not None and served < 0.8 * result["connections"]
     return (f"{result['ok_per_s']:8.1f} holds/s {result['req_per_s']:8.1f} req/s  "
             f"p50 {result['p50_ms']:7.1f}  p99 {result['p99_ms']:7.1f} ms"
             + (f"  cpu {cpu:.2f} ms/req" if cpu is not None else "")
+            + (f"  STARVING: only ~{served:.0f} of {result['connections']} connections served"
+               if starved else "")
             + (f"  other statuses {others}" if others else "")
             + (f"  socket errors {errors}" if errors else ""))
 
