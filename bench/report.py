@@ -203,7 +203,7 @@ def compare(by_server, first):
         for s, m, _ in COMPARED:
             pairs = [(_value(mine, s, m), _value(theirs, s, m))
                      for mine, theirs in zip(rounds, by_server[first], strict=True)]
-            rows[f"{s}.{m}"] = {**(summary["rows"][f"{s}.{m}"] or {}),
+            rows[f"{s}.{m}"] = {**(_stats([mine for mine, _ in pairs]) or {}),
                                 "vs_first": _stats([a / b for a, b in pairs if a is not None and b])}
         ratios = {name: summary["ratios"][name] for name in COMPARED_RATIOS}
         compared[name] = {"rows": rows, "ratios": ratios}

@@ -309,11 +309,11 @@ def main():
                     for name in by_server},
         "audit": audit_output, "problems": problems,
     }
+    path = RESULTS / f"{started:%Y%m%dT%H%M%SZ}.json"
+    path.write_text(json.dumps(document, indent=2))  # the raw rounds first: a run is minutes long
     if len(by_server) > 1:
         document["comparison"] = report.compare(by_server, first)
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{started:%Y%m%dT%H%M%SZ}.json"
-    path.write_text(json.dumps(document, indent=2))
+        path.write_text(json.dumps(document, indent=2))
     print()
     for server in args.servers:
         print(f"## {server.name}: {server.about}\n")
