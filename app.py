@@ -1,4 +1,4 @@
-"""Entry point: `flask --app app run`, `gunicorn app:app`."""
+"""Entry point: `flask --app app run`, `python webserver.py app:app`."""
 
 from flashsale import create_app
 

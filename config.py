@@ -37,8 +37,8 @@ class Config:
     )
     # pre_ping replaces connections PostgreSQL has dropped (restart, pg_terminate_backend) before use.
     SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
-    # Connections each process keeps open between requests. Under gunicorn set it to WEB_THREADS, or
-    # busy threads open and close a PostgreSQL connection per request (unset: SQLAlchemy's 5).
+    # Connections each process keeps open between requests. webserver.py sets it to WEB_THREADS; without
+    # enough, busy threads open and close a PostgreSQL connection per request (unset: SQLAlchemy's 5).
     if os.environ.get("DB_POOL_SIZE"):
         SQLALCHEMY_ENGINE_OPTIONS["pool_size"] = _int("DB_POOL_SIZE", 5)
     REDIS_URL = os.environ.get("REDIS_URL", f"unix://{EMBEDDED_REDIS_SOCKET}")

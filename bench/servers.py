@@ -68,8 +68,9 @@ def _granian(name, blocking_threads, backpressure=None, about=""):
 
 CANDIDATES = {
     "gunicorn": Server(
-        "gunicorn", f"gunicorn gthread (gunicorn.conf.py): {PROCESSES} x {THREADS} threads, backlog "
-        f"{BACKLOG}", ["gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "{target}"],
+        "gunicorn", f"gunicorn gthread (bench/gunicorn.conf.py, production before granian): {PROCESSES} x "
+        f"{THREADS} threads, backlog {BACKLOG}",
+        ["gunicorn", "-c", str(ROOT / "bench" / "gunicorn.conf.py"), "{target}"],
         {"WEB_CONCURRENCY": str(PROCESSES), "WEB_THREADS": str(THREADS)}),
     # Backpressure left at its default (backlog / workers): every connection is read and queued for a
     # blocking thread. Capping it at the thread count (granian-bp16) starves keep-alive connections:

@@ -4,7 +4,7 @@
     TEST_REDIS_URL=redis://127.0.0.1:6379/9 .venv/bin/python docs/take_screenshots.py
 
 It EMPTIES the database and Redis db it is given (the test ones from config.TestConfig by default), seeds a
-few demo sales, starts gunicorn and a worker (tests/live_server.py), buys through the API for half a minute
+few demo sales, starts the web server and a worker (tests/live_server.py), buys through the API for half a minute
 so the charts have a shape, and drives Debian's Chromium (/usr/bin/chromium) with Playwright.
 """
 

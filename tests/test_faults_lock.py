@@ -1,4 +1,4 @@
-"""Fault: the Redis lock lapses while its holder is slow, under real gunicorn (two processes).
+"""Fault: the Redis lock lapses while its holder is slow, under the real web server (two processes).
 
 FAULT_DELAY_IN_LOCK_MS (a test hook) makes every holder sleep 600 ms inside the critical section while
 the lock lives 200 ms, so several buyers are "inside" at once. PostgreSQL's row lock still decides: no
@@ -31,7 +31,7 @@ LOCK_TTL_MS, DELAY_MS = 200, 600
 
 @pytest.fixture(scope="module")
 def slow_holders(app):
-    """gunicorn whose every hold outlives its Redis lock three times over."""
+    """The web server whose every hold outlives its Redis lock three times over."""
     with LiveServer(f"{DATABASE_URL}?application_name={APP_NAME}", TestConfig.REDIS_URL, workers=2,
                     threads=8, LOCK_TTL_MS=LOCK_TTL_MS, FAULT_DELAY_IN_LOCK_MS=DELAY_MS,
                     LOCK_WAIT_MS=20000) as server:

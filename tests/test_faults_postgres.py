@@ -1,5 +1,5 @@
 """Fault: PostgreSQL kills the app's connections (pg_terminate_backend), mid-transaction and idle, while
-real gunicorn serves holds. The requests in flight fail cleanly (503, no partial hold; a lock holder
+the real web server serves holds. The requests in flight fail cleanly (503, no partial hold; a lock holder
 serves a batch of waiting buyers in one transaction, so a kill fails that batch), the pool replaces dead
 connections (pool_pre_ping), and later requests work.
 

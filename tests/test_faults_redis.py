@@ -1,4 +1,4 @@
-"""Fault: Redis dies (SIGKILL) in the middle of a burst and comes back empty, under real gunicorn and a
+"""Fault: Redis dies (SIGKILL) in the middle of a burst and comes back empty, under the real web server and a
 real worker. Holds answer 503 at once, nothing is half-written, the app recovers by itself, and the
 expiry jobs lost with Redis are made good by the sweeper (read-time expiry already freed the stock).
 """

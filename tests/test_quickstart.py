@@ -143,7 +143,7 @@ def test_quick_start_serves_holds_confirms_them_and_stops_everything_on_ctrl_c(q
     started = descendants(quick_start.process.pid)
     commands = [command_line(pid) for pid in started]
     assert any("redis-server" in c for c in commands), commands
-    assert any("gunicorn" in c for c in commands), commands
+    assert any("webserver.py" in c for c in commands), commands
     assert any("flask --app app worker" in c for c in commands), commands
     with urllib.request.urlopen(quick_start.url + "/", timeout=5) as shop:
         assert shop.status == 200
@@ -174,7 +174,7 @@ def test_quick_start_serves_holds_confirms_them_and_stops_everything_on_ctrl_c(q
 def test_a_second_quick_start_on_the_same_folder_is_refused_and_sigterm_stops_everything(quick_start):
     quick_start.wait_healthy()
     started = descendants(quick_start.process.pid)
-    assert len(started) >= 4  # redis, gunicorn master + workers, worker
+    assert len(started) >= 4  # redis, web server master + workers, worker
     second = subprocess.run(
         [sys.executable, "-m", "flashsale.devserver", "run", "--port", str(free_port()),
          "--instance", str(quick_start.instance)],

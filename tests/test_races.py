@@ -30,7 +30,7 @@ pytestmark = pytest.mark.usefixtures("postgres_only")
 
 @pytest.fixture(scope="module")
 def live(app):
-    """gunicorn with two processes and a worker, on the test database and Redis."""
+    """The web server (granian) with two processes and a worker, on the test database and Redis."""
     with LiveServer(TestConfig.SQLALCHEMY_DATABASE_URI, TestConfig.REDIS_URL, workers=2,
                     threads=16, with_worker=True) as server:
         yield server

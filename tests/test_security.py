@@ -204,8 +204,8 @@ def test_a_limiter_outage_fails_closed_with_503(app, sale):
 
 
 @pytest.mark.usefixtures("postgres_only")
-def test_rate_limits_are_shared_by_every_gunicorn_process(app, sale):
-    """Two gunicorn servers (one worker process each, so which process answers is certain) on one
+def test_rate_limits_are_shared_by_every_web_server_process(app, sale):
+    """Two web servers (one worker process each, so which process answers is certain) on one
     Redis: a client's 10-a-minute allowance is spent across both, not 10 at each."""
     settings = {"RATELIMIT_ENABLED": "true", "RATELIMIT_HOLD_PER_ADDRESS": "10/minute",
                 "RATELIMIT_HOLD_PER_EMAIL": "1000/minute"}

@@ -407,7 +407,7 @@ def test_scripts_are_files_under_static_js():
 # --- real server: CSRF on, rate limits on ------------------------------------------------------------------
 
 def test_the_buy_form_is_rate_limited_like_the_api_and_the_refusal_is_counted(app, make_product, postgres_only):
-    """On gunicorn with production settings (CSRF and limits on): the third buy from one address is 429."""
+    """On the web server with production settings (CSRF and limits on): the third buy from one address is 429."""
     make_product(total_stock=50, max_per_customer=1)
     with LiveServer(TestConfig.SQLALCHEMY_DATABASE_URI, TestConfig.REDIS_URL, workers=1, threads=4,
                     RATELIMIT_ENABLED="true", RATELIMIT_HOLD_PER_ADDRESS="2/minute",

@@ -196,7 +196,7 @@ def test_the_table_explains_rate_limits_and_a_missing_worker():
 
 @pytest.fixture(scope="module")
 def live(app):
-    """gunicorn (two processes) and a worker on the test database, with short holds to watch expiry."""
+    """The web server (two processes) and a worker on the test database, with short holds to watch expiry."""
     with LiveServer(TestConfig.SQLALCHEMY_DATABASE_URI, TestConfig.REDIS_URL, workers=2, threads=16,
                     with_worker=True, HOLD_SECONDS=HOLD_SECONDS, SWEEP_SECONDS=1) as server:
         yield server

@@ -1,4 +1,4 @@
-"""Playwright driving Debian's Chromium against real gunicorn + RQ worker processes.
+"""Playwright driving Debian's Chromium against real web server (granian) + RQ worker processes.
 
 Skipped only when /usr/bin/chromium is missing outside CI; with CI=true a missing browser fails the run
 (.ci/run installs it). Never `playwright install`: the machines cannot download browser builds.
@@ -40,7 +40,7 @@ def chromium():
 
 @pytest.fixture(scope="module")
 def live(app, chromium):
-    """gunicorn and a worker with the scheduler on the test database and Redis; ADMIN_TOKEN is set."""
+    """The web server and a worker with the scheduler on the test database and Redis; ADMIN_TOKEN is set."""
     with LiveServer(TestConfig.SQLALCHEMY_DATABASE_URI, TestConfig.REDIS_URL, workers=1, threads=8,
                     with_worker=True, HOLD_SECONDS=60, ADMIN_TOKEN=ADMIN_TOKEN) as server:
         yield server

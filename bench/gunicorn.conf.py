@@ -1,4 +1,7 @@
-"""Production gunicorn settings: `gunicorn -c gunicorn.conf.py app:app`.
+"""The previous production settings, gunicorn gthread: `gunicorn -c bench/gunicorn.conf.py app:app`.
+
+Kept for the benchmark's server comparison (bench/servers.py, `--servers gunicorn,...`); production
+now runs webserver.py (granian), chosen by that comparison (docs/benchmark.md).
 
 gthread workers: each request holds a thread while it waits on the product lock or PostgreSQL, which is
 I/O wait, so a few processes with many threads keep the CPU busy without gevent's starvation of locked
