@@ -62,9 +62,20 @@ class Config:
 
     ADMIN_TOKEN = os.environ.get("ADMIN_TOKEN") or None
     PAYMENT_GATEWAY = os.environ.get("PAYMENT_GATEWAY", "fake")
+    # One payment attempt's lease: an attempt that has not settled by then (its worker died, the
+    # gateway never answered) is reconciled. Keep it above the gateway client's own timeout.
+    PAYMENT_TIMEOUT_SECONDS = float(os.environ.get("PAYMENT_TIMEOUT_SECONDS", "30"))
+    # An accepted confirmation whose payment never reached the gateway is retried until this long after
+    # it was accepted; then the key is voided at the gateway and the hold released.
+    PAYMENT_FINAL_SECONDS = float(os.environ.get("PAYMENT_FINAL_SECONDS", "900"))
+    # Charges one `flask worker` keeps in flight at once (gateway calls are waiting, not computing).
+    PAYMENT_CONCURRENCY = _int("PAYMENT_CONCURRENCY", 32)
     # The fake gateway refuses every charge when set, and always refuses emails containing "+refuse".
     FAKE_PAYMENT_REFUSE = _bool("FAKE_PAYMENT_REFUSE", False)
     FAKE_PAYMENT_DELAY_MS = _int("FAKE_PAYMENT_DELAY_MS", 0)
+    # Fault injection for tests and drills: timeout, lost or down for every charge (or per email:
+    # "+timeout", "+lost", "+down"); see flashsale/gateways.py.
+    FAKE_PAYMENT_FAULT = os.environ.get("FAKE_PAYMENT_FAULT") or None
     # Test hook, off by default and ignored unless FLASHSALE_ENV=testing: a sleep inside the product
     # lock, so the fault tests can make the Redis lock lapse under a slow holder (HoldPolicy).
     FAULT_DELAY_IN_LOCK_MS = _int("FAULT_DELAY_IN_LOCK_MS", 0)

@@ -1,4 +1,4 @@
-"""Placing and releasing a hold for a request, the same way for the JSON API and the shop's forms.
+"""Placing, confirming and releasing a hold for a request, the same way for the JSON API and the shop.
 
 One sequence, written once (design section 4, step 5): the domain's `place_hold`, which calls back
 to schedule expiry once per committed batch, then the metrics. Views only parse their input before
@@ -12,8 +12,8 @@ from flask import current_app
 from . import metrics
 from .errors import FlashsaleError
 from .extensions import db, redis_store
-from .inventory import holds
-from .jobs import schedule_expiries
+from .inventory import confirmation, holds
+from .jobs import enqueue_payment, schedule_expiries
 
 
 def place_hold(product_ref, email, quantity, idempotency_key=None):
@@ -33,6 +33,22 @@ def place_hold(product_ref, email, quantity, idempotency_key=None):
                                latency_ms=(time.perf_counter() - started) * 1000,
                                lock_wait_ms=placed.lock_wait_ms)
     return placed
+
+
+def confirm_hold(hold_id):
+    """Accept the shopper's confirmation (the promise is made when this returns) and queue the payment.
+
+    Returns the Acceptance; refusals (HoldExpired, HoldReleased, NotFound) are raised. If Redis refuses
+    the job, the promise stands all the same: reconciliation takes the payment once its lease is due.
+    """
+    accepted = confirmation.accept_confirmation(db.session, hold_id)
+    if accepted.accepted_now:
+        try:
+            enqueue_payment(redis_store.queue, hold_id)
+        except Exception:  # noqa: BLE001 - committed already; reconciliation picks the payment up
+            current_app.logger.warning("could not queue the payment of an accepted confirmation")
+        metrics.record_outcome(redis_store.client, "accepted")
+    return accepted
 
 
 def release_hold(hold_id):

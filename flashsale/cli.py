@@ -42,8 +42,10 @@ def seed_command(scenario, list_):
 @click.command("worker")
 @click.option("--burst", is_flag=True, help="Run until the queue is empty, then exit.")
 def worker_command(burst):
-    """Run an RQ worker with the scheduler (expiry jobs) and the periodic sweeper."""
+    """Run an RQ worker with the scheduler (expiry jobs), the sweeper, reconciliation and a payment pool."""
     from rq import SimpleWorker
+
+    from .payment_pool import PaymentPool, install
 
     config = current_app.config
     # The worker blocks on Redis for long stretches, so it gets a connection without a read timeout.
@@ -56,23 +58,30 @@ def worker_command(burst):
     # SimpleWorker runs jobs in this process, inside this app context: no fork per job, pooled
     # database connections reused, and jobs see the same configuration as the command.
     worker = SimpleWorker([queue], connection=connection)
+    # Payment jobs hand their gateway calls to this pool, so many charges are in flight at once.
+    pool = PaymentPool(current_app._get_current_object(), config["PAYMENT_CONCURRENCY"])
+    install(pool)
     try:
         worker.work(with_scheduler=True, burst=burst)
     finally:
         stop.set()
+        pool.shutdown()  # a warm shutdown finishes the charges in flight
+        install(None)
 
 
 def _sweep_ticker(connection, queue, config, stop):
-    """Every SWEEP_SECONDS, one worker across the cluster enqueues the sweeper at the queue's front."""
-    from .jobs import sweep_expired_holds
+    """Every SWEEP_SECONDS, one worker across the cluster enqueues the sweeper and reconciliation at
+    the queue's front (so a flood of other jobs never starves them)."""
+    from .jobs import reconcile_payments, sweep_expired_holds
 
     period = config["SWEEP_SECONDS"]
     while not stop.is_set():
         try:
             # SET NX PX: whichever worker claims this period enqueues; the others skip it.
             if connection.set(keys.sweep_tick(), "1", nx=True, px=int(period * 1000 * 0.9)):
-                queue.enqueue(sweep_expired_holds, job_id="sweep-expired-holds", at_front=True,
-                              result_ttl=60, failure_ttl=3600)
+                for job, job_id in ((reconcile_payments, "reconcile-payments"),
+                                    (sweep_expired_holds, "sweep-expired-holds")):
+                    queue.enqueue(job, job_id=job_id, at_front=True, result_ttl=60, failure_ttl=3600)
         except redis_lib.RedisError:
             pass  # Redis is down; the worker itself will report it, and we try again next period
         stop.wait(period)
@@ -81,12 +90,15 @@ def _sweep_ticker(connection, queue, config, stop):
 @click.command("audit")
 def audit_command():
     """Check the invariants against the database; exit 1 on any breach."""
+    from .gateways import gateway_from_config
     from .inventory.audit import audit
 
-    breaches = audit(db.session)
+    config = current_app.config
+    gateway = gateway_from_config(config, redis_store.client)
+    breaches = audit(db.session, gateway, config["PAYMENT_FINAL_SECONDS"])
     for breach in breaches:
         click.echo(f"BREACH {breach}", err=True)
     if breaches:
         sys.exit(1)
     click.echo("audit passed: no oversell, one outcome per hold, ledger balanced, "
-               "idempotency and per-customer limits kept")
+               "idempotency and per-customer limits kept, money follows every outcome")

@@ -52,6 +52,13 @@ class HoldConfirmed(FlashsaleError):
     code, status, message = "hold_confirmed", 409, "This hold is already confirmed."
 
 
+class PaymentInProgress(FlashsaleError):
+    """A confirmation was accepted: the payment decides now, so the shopper can no longer release."""
+
+    code, status = "payment_in_progress", 409
+    message = "Payment for this hold is in progress; it can no longer be released."
+
+
 class IdempotencyMismatch(FlashsaleError):
     code, status = "idempotency_mismatch", 422
     message = "This Idempotency-Key was already used with a different request."

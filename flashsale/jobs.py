@@ -5,10 +5,10 @@ from contextlib import contextmanager, nullcontext
 
 from flask import current_app, has_app_context
 
-from . import metrics
+from . import metrics, payment_pool
 from .extensions import db, redis_store
-from .inventory import expiry, holds
-from .payments import gateway_from_config
+from .gateways import gateway_from_config
+from .inventory import confirmation, expiry, payments
 
 log = logging.getLogger(__name__)
 _worker_app = None
@@ -34,13 +34,72 @@ def _app_context():
             db.session.remove()
 
 
-def confirm_hold(hold_id):
-    """Job: charge and confirm a hold (or release it if payment is refused)."""
+def _gateway_and_policy():
+    config = current_app.config
+    return gateway_from_config(config, redis_store.client), payments.PaymentPolicy.from_config(config)
+
+
+def take_payment(hold_id):
+    """Job: take the payment of an accepted confirmation, on the worker's payment pool if it has one."""
+    pool = payment_pool.current()
+    if pool is not None:
+        pool.submit(pay, hold_id)
+        return "handed to the payment pool"
+    return pay(hold_id).outcome
+
+
+def pay(hold_id):
+    """Charge a hold's payment once and settle the hold (the work take_payment hands over)."""
     with _app_context():
-        gateway = gateway_from_config(current_app.config)
-        order = holds.confirm_hold(db.session, redis_store.client, hold_id, gateway)
-        metrics.record_outcome(redis_store.client, order.status.lower())
-        return order.status
+        gateway, policy = _gateway_and_policy()
+        settled = payments.take_payment(db.session, redis_store.client, hold_id, gateway, policy)
+        metrics.record_payment(redis_store.client, settled)
+        return settled
+
+
+def confirm_hold(hold_id):
+    """Job that releases before payments were recorded (revision 0003) queued for a confirm click:
+    accept the confirmation if the hold is still live, then pay, so a confirmation queued then is kept."""
+    with _app_context():
+        try:
+            accepted = confirmation.accept_confirmation(db.session, hold_id)
+        except Exception as refusal:  # noqa: BLE001 - a lapsed or released hold: nothing to pay
+            log.info("old confirmation job for %s refused: %s", hold_id, refusal)
+            return "refused"
+        if accepted.hold.status != "CONFIRMING":
+            return accepted.hold.status
+    return pay(hold_id).outcome
+
+
+def reconcile_payments():
+    """Job: settle every payment whose attempt ran out of time, and give back captures owed."""
+    with _app_context():
+        session, redis = db.session, redis_store.client
+        gateway, policy = _gateway_and_policy()
+        for hold_id, key in payments.refunds_owed(session):
+            charge = gateway.find(key)
+            if charge is not None:
+                payments.refund(session, hold_id, charge, gateway)
+                metrics.record_outcome(redis, "refunded")
+        due = payments.due_payments(session, policy)
+    pool = payment_pool.current()
+    for hold_id in due:
+        if pool is not None:
+            pool.submit(reconcile_one, hold_id)
+        else:
+            reconcile_one(hold_id)
+    if due:
+        log.info("reconciling %d payments", len(due))
+    return len(due)
+
+
+def reconcile_one(hold_id):
+    """Settle one payment by asking the gateway about its key (the work reconcile_payments hands over)."""
+    with _app_context():
+        gateway, policy = _gateway_and_policy()
+        settled = payments.reconcile_payment(db.session, redis_store.client, hold_id, gateway, policy)
+        metrics.record_payment(redis_store.client, settled, reconciled=True)
+        return settled
 
 
 def expire_holds(hold_ids):
@@ -70,12 +129,12 @@ def schedule_expiries(queue, hold_ids, hold_expires_at):
                             job_id=f"expire-{hold_ids[0]}", result_ttl=60, failure_ttl=3600)
 
 
-def confirmation_job_id(hold_id):
-    """The RQ job id of a hold's confirmation (one per hold: a second click re-enqueues the same job)."""
-    return f"confirm-{hold_id}"
+def payment_job_id(hold_id):
+    """The RQ job id of a hold's payment (one per hold: enqueuing it again replaces the same job)."""
+    return f"pay-{hold_id}"
 
 
-def enqueue_confirmation(queue, order):
-    """Enqueue confirm_hold for a hold; the job is idempotent, so a second click is harmless."""
-    return queue.enqueue(confirm_hold, order.id, job_id=confirmation_job_id(order.id),
+def enqueue_payment(queue, hold_id):
+    """Enqueue take_payment for a hold whose confirmation was just accepted."""
+    return queue.enqueue(take_payment, hold_id, job_id=payment_job_id(hold_id),
                          result_ttl=300, failure_ttl=3600)

@@ -50,3 +50,13 @@ def sweep_tick():
 def metrics(name):
     """A metrics key (counters, latency rings, time series) shared by every process."""
     return f"{PREFIX}:metrics:{name}"
+
+
+def fake_gateway_charge(idempotency_key):
+    """The fake payment gateway's record of the charge made with one idempotency key (a hash)."""
+    return f"{PREFIX}:fakegateway:charge:{idempotency_key}"
+
+
+def fake_gateway_index():
+    """Every idempotency key the fake gateway has seen (a set), so the audit can list its charges."""
+    return f"{PREFIX}:fakegateway:keys"

@@ -18,8 +18,11 @@ log = logging.getLogger(__name__)
 BUCKET_SECONDS = 5
 WINDOW_BUCKETS = 120  # ten minutes of history
 LATENCY_SAMPLES = 2000
-OUTCOMES = ("created", "confirmed", "expired", "released", "sold_out", "rate_limited", "busy",
-            "rejected", "unavailable")
+OUTCOMES = ("created", "accepted", "confirmed", "expired", "released", "payment_refused", "refunded",
+            "voided", "reconciled", "sold_out", "rate_limited", "busy", "rejected", "unavailable")
+# What a settled payment counts as (payments.Settled.outcome); "pending" and "skipped" count nothing.
+PAYMENT_OUTCOMES = {"confirmed": "confirmed", "refused": "payment_refused", "refunded": "refunded",
+                    "voided": "voided"}
 STARTED_AT_KEY = keys.metrics("started_at")
 
 
@@ -27,24 +30,38 @@ def _bucket(now=None):
     return int((now or time.time()) // BUCKET_SECONDS)
 
 
-def record_outcome(redis, outcome, count=1, latency_ms=None, lock_wait_ms=None):
-    """Count one outcome (and optionally its latency) in the totals and the current bucket."""
+def record_outcome(redis, outcome, count=1, latency_ms=None, lock_wait_ms=None, payment_ms=None,
+                   also=()):
+    """Count one outcome (and optionally its latencies) in the totals and the current bucket.
+
+    also: further outcomes counted once each in the same round trip (a reconciled confirmation).
+    """
     bucket_key = keys.metrics(f"bucket:{_bucket()}")
     try:
         pipe = redis.pipeline(transaction=False)
-        pipe.hincrby(keys.metrics("totals"), outcome, count)
-        pipe.hincrby(bucket_key, outcome, count)
+        for name, n in ((outcome, count), *((extra, 1) for extra in also)):
+            pipe.hincrby(keys.metrics("totals"), name, n)
+            pipe.hincrby(bucket_key, name, n)
         pipe.expire(bucket_key, BUCKET_SECONDS * WINDOW_BUCKETS)
-        if latency_ms is not None:
-            pipe.lpush(keys.metrics("latency"), round(latency_ms, 2))
-            pipe.ltrim(keys.metrics("latency"), 0, LATENCY_SAMPLES - 1)
-        if lock_wait_ms is not None:
-            pipe.lpush(keys.metrics("lock_wait"), round(lock_wait_ms, 2))
-            pipe.ltrim(keys.metrics("lock_wait"), 0, LATENCY_SAMPLES - 1)
+        for ring, value in (("latency", latency_ms), ("lock_wait", lock_wait_ms),
+                            ("payment", payment_ms)):
+            if value is not None:
+                pipe.lpush(keys.metrics(ring), round(value, 2))
+                pipe.ltrim(keys.metrics(ring), 0, LATENCY_SAMPLES - 1)
         pipe.set(STARTED_AT_KEY, int(time.time()), nx=True)
         pipe.execute()
     except RedisError:
         log.warning("metrics not recorded (%s): Redis unavailable", outcome)
+
+
+def record_payment(redis, settled, reconciled=False):
+    """Count what one payment attempt or reconciliation settled, with accepted -> confirmed latency."""
+    outcome = PAYMENT_OUTCOMES.get(settled.outcome)
+    if outcome is None:
+        return
+    latency = settled.latency_seconds
+    record_outcome(redis, outcome, payment_ms=latency * 1000 if latency is not None else None,
+                   also=("reconciled",) if reconciled else ())
 
 
 def percentiles(samples, points=(50, 95, 99)):
@@ -63,10 +80,11 @@ def snapshot(redis, buckets=WINDOW_BUCKETS):
     pipe.hgetall(keys.metrics("totals"))
     pipe.lrange(keys.metrics("latency"), 0, -1)
     pipe.lrange(keys.metrics("lock_wait"), 0, -1)
+    pipe.lrange(keys.metrics("payment"), 0, -1)
     pipe.get(STARTED_AT_KEY)
     for b in range(now_bucket - buckets + 1, now_bucket + 1):
         pipe.hgetall(keys.metrics(f"bucket:{b}"))
-    totals, latency, lock_wait, started, *series = pipe.execute()
+    totals, latency, lock_wait, payment, started, *series = pipe.execute()
     decode = lambda h: {k.decode(): int(v) for k, v in h.items()}  # noqa: E731
     return {
         "started_at": int(started) if started else None,
@@ -78,6 +96,8 @@ def snapshot(redis, buckets=WINDOW_BUCKETS):
         ],
         "hold_latency_ms": percentiles([float(x) for x in latency]),
         "lock_wait_ms": percentiles([float(x) for x in lock_wait]),
+        # From the 202 (confirmation accepted) to CONFIRMED, by the database clock.
+        "payment_latency_ms": percentiles([float(x) for x in payment]),
     }
 
 

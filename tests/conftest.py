@@ -43,7 +43,9 @@ def app():
         from flask_migrate import downgrade, upgrade
 
         # Prove the migration both ways on this backend, then run every test on the upgraded schema.
+        # What an earlier run left behind goes first (a CONFIRMING hold, say, blocks a downgrade).
         upgrade()
+        _truncate()
         downgrade(revision="base")
         upgrade()
     return application
@@ -66,9 +68,9 @@ def clean(request):
 def _truncate():
     if db.engine.dialect.name == "postgresql":
         db.session.execute(text(
-            "TRUNCATE inventory_events, orders, products RESTART IDENTITY CASCADE"))
+            "TRUNCATE inventory_events, payments, orders, products RESTART IDENTITY CASCADE"))
     else:
-        for table in ("inventory_events", "orders", "products"):
+        for table in ("inventory_events", "payments", "orders", "products"):
             db.session.execute(text(f"DELETE FROM {table}"))
     db.session.commit()
 

@@ -90,11 +90,33 @@ def events_of(app, hold_id):
 
 
 def assert_audit_passes(app):
-    """The invariant checks `flask audit` runs find nothing wrong."""
+    """The invariant checks `flask audit` runs find nothing wrong, the gateway's charges included."""
+    from flashsale.extensions import redis_store
+    from flashsale.gateways import FakeGateway
+
     with app.app_context():
-        breaches = audit(db.session)
+        breaches = audit(db.session, FakeGateway(redis_store.client), app.config["PAYMENT_FINAL_SECONDS"])
         db.session.remove()
     assert breaches == [], "\n".join(map(str, breaches))
+
+
+def payments_of(app):
+    """{hold id: (state, attempts)} of every payment."""
+    from flashsale.models import Payment
+
+    with app.app_context():
+        rows = db.session.execute(select(Payment.order_id, Payment.state, Payment.attempts)).all()
+        db.session.remove()
+    return {hold_id: (state, attempts) for hold_id, state, attempts in rows}
+
+
+def gateway_record(redis, hold_id):
+    """What the fake gateway holds for a hold's key: {"status", "calls", ...} (empty: never seen)."""
+    from flashsale import keys
+    from flashsale.inventory.confirmation import payment_key
+
+    raw = redis.hgetall(keys.fake_gateway_charge(payment_key(hold_id)))
+    return {k.decode(): v.decode() for k, v in raw.items()}
 
 
 def assert_every_accepted_hold_is_stored(app, answers):

@@ -11,7 +11,8 @@ from flashsale.extensions import db
 from flashsale.models import InventoryEvent, Order
 from tests.live_server import LiveServer, wait_until
 
-HOLD_KEYS = {"id", "product_id", "email", "quantity", "status", "hold_expires_at", "created_at", "confirmed_at"}
+HOLD_KEYS = {"id", "product_id", "email", "quantity", "status", "hold_expires_at", "created_at",
+             "confirmation_requested_at", "confirmed_at"}
 PRODUCT_KEYS = {"id", "slug", "name", "description", "price_cents", "total_stock", "available",
                 "max_per_customer", "sale_starts_at", "sale_ends_at", "state"}
 
@@ -125,17 +126,23 @@ def test_per_customer_limit_is_409_limit_exceeded(app, client, make_product):
     assert rows(app) == before
 
 
-def test_confirm_is_202_then_200_once_confirmed(app, client, make_product):
-    from flashsale.jobs import confirm_hold
+def test_confirm_is_202_confirming_then_200_while_paying_and_once_confirmed(app, client, make_product):
+    from flashsale.jobs import take_payment
 
-    make_product()
+    make_product(total_stock=1)
     hold_id = hold(client).json["id"]
-    queued = client.post(f"/api/holds/{hold_id}/confirm")
-    assert queued.status_code == 202 and queued.json["status"] == "PENDING"
+    accepted = client.post(f"/api/holds/{hold_id}/confirm")
+    assert accepted.status_code == 202 and accepted.json["status"] == "CONFIRMING"
+    assert accepted.json["confirmation_requested_at"] < accepted.json["hold_expires_at"]
+    again = client.post(f"/api/holds/{hold_id}/confirm")  # a second click: the promise stands
+    assert again.status_code == 200 and again.json["status"] == "CONFIRMING"
+    assert client.get("/api/products/ps5").json["available"] == 0  # a paying hold keeps its units
+    assert_error(client.post(f"/api/holds/{hold_id}/release"), 409, "payment_in_progress")
     with app.app_context():
-        assert confirm_hold(hold_id) == "CONFIRMED"  # what the worker runs
+        assert take_payment(hold_id) == "confirmed"  # what the worker runs
     done = client.post(f"/api/holds/{hold_id}/confirm")
     assert done.status_code == 200 and done.json["status"] == "CONFIRMED" and done.json["confirmed_at"]
+    assert_error(client.post(f"/api/holds/{hold_id}/release"), 409, "hold_confirmed")
 
 
 def test_confirm_after_expiry_is_409_hold_expired(app, client, make_product):

@@ -43,11 +43,11 @@ def test_sweeper_records_every_lapsed_hold_in_batches(session, redis, make_produ
 
 
 def test_a_confirmed_hold_is_never_expired(session, redis, make_product, policy):
-    from flashsale.payments import FakeGateway
+    from tests.paying import confirm_and_pay
 
     make_product()
     hold = holds.place_hold(session, redis, "ps5", "a@x.io", 1, policy).hold
-    holds.confirm_hold(session, redis, hold.id, FakeGateway())
+    confirm_and_pay(session, redis, hold.id)
     lapse(session, hold.id)
     assert expiry.sweep_expired_holds(session, redis) == 0
     assert session.get(Order, hold.id).status == "CONFIRMED"

@@ -1,4 +1,4 @@
-"""place_hold, confirm_hold, release_hold: the domain verbs, called directly."""
+"""place_hold and release_hold: the domain verbs, called directly (paying: tests/test_payments.py)."""
 
 from datetime import datetime, timedelta, timezone
 
@@ -7,7 +7,6 @@ from sqlalchemy import func, select, update
 
 from flashsale.errors import (
     HoldConfirmed,
-    HoldExpired,
     IdempotencyMismatch,
     InvalidInput,
     LimitExceeded,
@@ -19,7 +18,7 @@ from flashsale.inventory import holds, soldout
 from flashsale.inventory.audit import audit
 from flashsale.inventory.stock import stock_levels
 from flashsale.models import InventoryEvent, Order
-from flashsale.payments import FakeGateway
+from tests.paying import confirm_and_pay
 
 
 def count(session, model):
@@ -146,50 +145,6 @@ def test_an_idempotent_replay_returns_the_same_hold(session, redis, make_product
     assert count(session, Order) == 1
 
 
-def test_confirming_charges_and_records_one_event(session, redis, make_product, policy):
-    make_product()
-    hold = holds.place_hold(session, redis, "ps5", "a@x.io", 1, policy).hold
-    order = holds.confirm_hold(session, redis, hold.id, FakeGateway())
-    assert order.status == "CONFIRMED" and order.confirmed_at < order.hold_expires_at
-    again = holds.confirm_hold(session, redis, hold.id, FakeGateway())
-    assert again.status == "CONFIRMED"
-    types = session.execute(select(InventoryEvent.type)).scalars().all()
-    assert sorted(types) == ["CONFIRMED", "HOLD_CREATED"]
-
-
-def test_a_refused_payment_releases_the_hold(session, redis, make_product, policy):
-    pid = make_product(total_stock=1)
-    hold = holds.place_hold(session, redis, "ps5", "a@x.io", 1, policy).hold
-    order = holds.confirm_hold(session, redis, hold.id, FakeGateway(refuse_all=True))
-    assert order.status == "RELEASED"
-    assert stock_levels(session)[pid].available == 1
-
-
-def test_confirming_a_lapsed_hold_records_expiry_and_takes_no_money(session, redis, make_product, policy):
-    make_product()
-    hold = holds.place_hold(session, redis, "ps5", "a@x.io", 1, policy).hold
-    lapse(session, hold.id)
-    with pytest.raises(HoldExpired):
-        holds.check_confirmable(session, hold.id)
-    gateway = FakeGateway()
-    assert holds.confirm_hold(session, redis, hold.id, gateway).status == "EXPIRED"
-    assert audit(session) == []
-
-
-def test_a_charge_that_loses_the_race_with_expiry_is_refunded(session, redis, make_product, policy):
-    make_product()
-    hold = holds.place_hold(session, redis, "ps5", "a@x.io", 1, policy).hold
-
-    class LapsingGateway(FakeGateway):
-        def charge(self, hold_id, amount_cents, email):
-            lapse(session, hold_id)  # the hold runs out while the gateway is thinking
-            return super().charge(hold_id, amount_cents, email)
-
-    gateway = LapsingGateway()
-    order = holds.confirm_hold(session, redis, hold.id, gateway)
-    assert order.status == "PENDING" and len(gateway.refunds) == 1
-
-
 def test_release_returns_stock_at_once_and_is_idempotent(session, redis, make_product, policy):
     pid = make_product(total_stock=1)
     hold = holds.place_hold(session, redis, "ps5", "a@x.io", 1, policy).hold
@@ -202,7 +157,7 @@ def test_release_returns_stock_at_once_and_is_idempotent(session, redis, make_pr
 def test_a_confirmed_hold_cannot_be_released(session, redis, make_product, policy):
     make_product()
     hold = holds.place_hold(session, redis, "ps5", "a@x.io", 1, policy).hold
-    holds.confirm_hold(session, redis, hold.id, FakeGateway())
+    confirm_and_pay(session, redis, hold.id)
     with pytest.raises(HoldConfirmed):
         holds.release_hold(session, redis, hold.id)
 

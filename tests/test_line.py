@@ -13,7 +13,7 @@ from flashsale.inventory.audit import audit
 from flashsale.inventory.locks import ProductLock
 from flashsale.inventory.placement import SaleNow
 from flashsale.models import InventoryEvent, Order, Product
-from flashsale.payments import FakeGateway
+from tests.paying import confirm_and_pay
 
 # Pure tests of _decide pass this moment in explicitly. Anything that reaches a real clock (the
 # database's, Redis TTLs, the process's) builds its times from the clock at run time instead.
@@ -145,7 +145,7 @@ def test_confirming_moves_the_confirmed_units_counter_and_the_audit_checks_it(
         session, redis, make_product, policy):
     pid = make_product(total_stock=5, max_per_customer=3)
     held = holds.place_hold(session, redis, "ps5", "a@x.io", 2, policy).hold
-    holds.confirm_hold(session, redis, held.id, FakeGateway())
+    confirm_and_pay(session, redis, held.id)
     assert session.get(Product, pid, populate_existing=True).confirmed_units == 2
     assert audit(session) == []
     session.execute(update(Product).values(confirmed_units=Product.confirmed_units + 1))
@@ -157,7 +157,7 @@ def test_confirmed_units_count_against_stock_without_summing_history(
         session, redis, make_product, policy):
     make_product(total_stock=2, max_per_customer=1)
     first = holds.place_hold(session, redis, "ps5", "a@x.io", 1, policy).hold
-    holds.confirm_hold(session, redis, first.id, FakeGateway())
+    confirm_and_pay(session, redis, first.id)
     assert holds.place_hold(session, redis, "ps5", "b@x.io", 1, policy).created
     with pytest.raises(SoldOut):
         holds.place_hold(session, redis, "ps5", "c@x.io", 1, policy)

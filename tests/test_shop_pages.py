@@ -289,17 +289,23 @@ def test_unknown_or_malformed_hold_tokens_are_404(client):
     assert client.post("/holds/" + "A" * 24 + "/confirm").status_code == 404
 
 
-def test_confirming_queues_payment_and_the_page_follows_it_to_confirmed(app, client, make_product):
+def test_confirming_stops_the_clock_and_the_page_follows_the_payment_to_confirmed(app, client, make_product):
     make_product()
     location = place(client)
+    assert "data-countdown-to" in client.get(location).get_data(as_text=True)
     response = client.post(location + "/confirm")
     assert response.status_code == 303 and response.headers["Location"] == location
-    page = text(client.get(location))
-    assert "Confirming your purchase" in page and "Payment is being processed" in page
-    assert '<noscript><meta http-equiv="refresh"' in page  # without JavaScript the page refreshes itself
-    assert client.get(location + "/status").json["confirming"] is True
+    html = page = client.get(location).get_data(as_text=True)
+    assert "Payment in progress" in page and "the clock has stopped" in page
+    assert "Confirmed: your units are kept for you" in page  # the flash message
+    assert "data-countdown-to" not in html and "Release</button>" not in html  # no timer, no release
+    assert '<noscript><meta http-equiv="refresh"' in html  # without JavaScript the page refreshes itself
+    polled = client.get(location + "/status").json
+    assert (polled["status"], polled["confirming"]) == ("CONFIRMING", True)
+    again = client.post(location + "/confirm")  # a second click while the payment runs
+    assert again.status_code == 303 and "already accepted" in text(client.get(location))
     with app.app_context():
-        assert jobs.confirm_hold(location.rsplit("/", 1)[1]) == CONFIRMED
+        assert jobs.take_payment(location.rsplit("/", 1)[1]) == "confirmed"
     status = client.get(location + "/status").json
     assert status["status"] == CONFIRMED and status["confirming"] is False
     page = text(client.get(location))
@@ -341,11 +347,21 @@ def test_confirming_a_released_hold_is_409(client, make_product):
     assert response.status_code == 409 and "was released" in text(response)
 
 
+def test_releasing_a_hold_being_paid_for_is_409(app, client, make_product):
+    make_product()
+    location = place(client)
+    client.post(location + "/confirm")
+    response = client.post(location + "/release")
+    assert response.status_code == 409 and "payment is in progress" in text(response)
+    assert [o.status for o in orders(app)] == ["CONFIRMING"]
+
+
 def test_releasing_a_confirmed_hold_is_409(app, client, make_product):
     make_product()
     location = place(client)
+    client.post(location + "/confirm")
     with app.app_context():
-        jobs.confirm_hold(location.rsplit("/", 1)[1])
+        jobs.take_payment(location.rsplit("/", 1)[1])
     response = client.post(location + "/release")
     assert response.status_code == 409 and "already confirmed" in text(response)
 
@@ -363,7 +379,7 @@ def test_a_refused_payment_reads_as_released_with_nothing_charged(app, client, m
     location = place(client, email="ann+refuse@example.com")
     client.post(location + "/confirm")
     with app.app_context():
-        jobs.confirm_hold(location.rsplit("/", 1)[1])
+        assert jobs.take_payment(location.rsplit("/", 1)[1]) == "refused"
     page = text(client.get(location))
     assert "Hold released" in page and "payment was refused" in page
 

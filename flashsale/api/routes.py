@@ -6,11 +6,10 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from .. import checkout
 from ..errors import InvalidInput
-from ..extensions import db, redis_store
+from ..extensions import db
 from ..inventory import catalog, holds
 from ..inventory.clock import db_now
 from ..inventory.stock import stock_levels
-from ..jobs import enqueue_confirmation
 from ..models import Product
 from ..ratelimits import hold_limits
 from .serialise import hold_json, product_json
@@ -59,12 +58,10 @@ def get_hold(hold_id):
 
 @bp.post("/holds/<hold_id>/confirm")
 def confirm_hold(hold_id):
-    """Queue the confirmation: 202 queued, 200 already confirmed, 409 hold_expired / hold_released."""
-    order, needs_job = holds.check_confirmable(db.session, hold_id)
-    if not needs_job:
-        return jsonify(hold_json(order)), 200
-    enqueue_confirmation(redis_store.queue, order)
-    return jsonify(hold_json(order)), 202
+    """Accept the confirmation: 202 CONFIRMING (the promise is made), 200 already CONFIRMING or
+    CONFIRMED, 409 hold_expired / hold_released."""
+    accepted = checkout.confirm_hold(hold_id)
+    return jsonify(hold_json(accepted.hold)), 202 if accepted.accepted_now else 200
 
 
 @bp.post("/holds/<hold_id>/release")

@@ -35,5 +35,6 @@ def hold_json(order):
         "status": order.status,
         "hold_expires_at": iso(order.hold_expires_at),
         "created_at": iso(order.created_at),
+        "confirmation_requested_at": iso(order.confirmation_requested_at),
         "confirmed_at": iso(order.confirmed_at),
     }

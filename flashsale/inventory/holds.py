@@ -1,4 +1,5 @@
-"""Placing, confirming and releasing holds: the verbs routes, jobs, the CLI and tests all call."""
+"""Placing and releasing holds: the verbs routes, jobs, the CLI and tests all call (confirming is in
+confirmation.py, paying in payments.py)."""
 
 import hashlib
 import logging
@@ -16,15 +17,25 @@ from .. import keys
 from ..errors import (
     HoldConfirmed,
     HoldExpired,
-    HoldReleased,
     IdempotencyMismatch,
     LimitExceeded,
     LockBusy,
     NotFound,
+    PaymentInProgress,
     SoldOut,
     Unavailable,
 )
-from ..models import CONFIRMED, EXPIRED, HOLD_CREATED, PENDING, RELEASED, Order, Product, new_hold_id
+from ..models import (
+    CONFIRMED,
+    CONFIRMING,
+    EXPIRED,
+    HOLD_CREATED,
+    PENDING,
+    RELEASED,
+    Order,
+    Product,
+    new_hold_id,
+)
 from . import catalog, line, soldout
 from .clock import db_now, is_postgresql
 from .ledger import EVENTS, event_row, transition_hold
@@ -340,16 +351,11 @@ def is_lapsed(session, order):
     return effective_status(order, db_now(session)) == EXPIRED
 
 
-def check_confirmable(session, hold_id):
-    """Return (hold, needs_confirmation): a confirmed hold needs nothing, others raise why not."""
-    order = get_hold(session, hold_id)
+def _refuse_release(order):
     if order.status == CONFIRMED:
-        return order, False
-    if order.status == RELEASED:
-        raise HoldReleased()
-    if is_lapsed(session, order):
-        raise HoldExpired(expired_at=order.hold_expires_at.isoformat())
-    return order, True
+        raise HoldConfirmed()
+    if order.status == CONFIRMING:
+        raise PaymentInProgress()  # the promise is made: only the payment decides now
 
 
 def release_hold(session, redis, hold_id, reason="customer"):
@@ -362,44 +368,13 @@ def release_hold_once(session, redis, hold_id, reason="customer"):
     order = get_hold(session, hold_id)
     if order.status == RELEASED:
         return order, False
-    if order.status == CONFIRMED:
-        raise HoldConfirmed()
+    _refuse_release(order)
     won = transition_hold(session, hold_id, RELEASED, still_live=True, metadata={"reason": reason})
     if won is None:
-        order = get_hold(session, hold_id)
+        order = session.get(Order, hold_id, populate_existing=True)
         if order.status == RELEASED:
             return order, False
-        if order.status == CONFIRMED:
-            raise HoldConfirmed()
+        _refuse_release(order)
         raise HoldExpired(expired_at=order.hold_expires_at.isoformat())
     soldout.stock_returned(redis, [won[0]])
     return session.get(Order, hold_id, populate_existing=True), True
-
-
-def confirm_hold(session, redis, hold_id, gateway):
-    """Charge and confirm a hold if it is still live; refused payment releases it. Safe to repeat."""
-    from .expiry import expire_hold
-
-    order = get_hold(session, hold_id)
-    if order.status != PENDING:
-        return order
-    lapsed = is_lapsed(session, order)
-    amount = order.quantity * session.get(Product, order.product_id).price_cents
-    session.rollback()  # no transaction (and no lock) is held while the payment gateway works
-    if lapsed:
-        expire_hold(session, redis, hold_id)
-        return get_hold(session, hold_id)
-    charge = gateway.charge(hold_id, amount, order.customer_email)
-    if not charge.approved:
-        won = transition_hold(session, hold_id, RELEASED, still_live=True,
-                              metadata={"reason": "payment_refused", "charge": charge.id})
-        if won:
-            soldout.stock_returned(redis, [won[0]])
-        return get_hold(session, hold_id)
-    won = transition_hold(session, hold_id, CONFIRMED, still_live=True,
-                          metadata={"charge": charge.id, "amount_cents": amount})
-    if won is None:
-        # The hold lapsed (or was released) while we charged: the customer must not pay for nothing.
-        gateway.refund(charge)
-    return session.get(Order, hold_id, populate_existing=True)
-

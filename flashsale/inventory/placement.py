@@ -10,14 +10,17 @@ statement itself would use a snapshot from before the wait, and could oversell).
 
 Derived stock stays derived: units taken = the product's confirmed units (a counter that only the
 confirming transaction moves, under this same row lock, and that `flask audit` checks against the
-orders) + the quantities of PENDING holds whose expiry is still in the future, read through a partial
-index that only holds PENDING rows. Its cost follows live holds, not the sale's history.
+orders) + the quantities of holds still in play (CONFIRMING, or PENDING with an expiry in the future),
+read through a partial index that only holds PENDING and CONFIRMING rows. Its cost follows the holds
+in play, not the sale's history. Which holds count is stock.py's rule, rendered into this SQL.
 """
 
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from sqlalchemy.exc import DBAPIError
+
+from . import stock
 
 LOCK_ROW = "SELECT 1 FROM products WHERE id = %(product_id)s FOR UPDATE"
 
@@ -31,21 +34,23 @@ WITH clock AS (
     SELECT total_stock, max_per_customer, sale_starts_at, sale_ends_at, confirmed_units
     FROM products WHERE id = %(product_id)s
 ), held AS (
-    SELECT COALESCE(SUM(quantity), 0) AS units, MIN(hold_expires_at) AS earliest
+    SELECT COALESCE(SUM(quantity), 0) AS units,
+           MIN(hold_expires_at) FILTER (WHERE status = 'PENDING') AS earliest
     FROM orders, clock
-    WHERE product_id = %(product_id)s AND status = 'PENDING' AND hold_expires_at > clock.now
+    WHERE product_id = %(product_id)s AND {holding}
 )
 SELECT clock.now, product.total_stock, product.max_per_customer, product.sale_starts_at,
        product.sale_ends_at, product.confirmed_units + held.units, held.earliest,
        (SELECT COALESCE(json_object_agg(customer_email, units), '{}') FROM (
             SELECT customer_email, SUM(quantity) AS units FROM orders
             WHERE product_id = %(product_id)s AND customer_email = ANY(%(emails)s::text[])
-              AND (status = 'CONFIRMED' OR (status = 'PENDING' AND hold_expires_at > clock.now))
+              AND {counts}
             GROUP BY customer_email) AS mine),
        (SELECT COALESCE(json_object_agg(idempotency_key, json_build_array(id, request_digest)), '{}')
         FROM orders WHERE idempotency_key = ANY(%(keys)s::text[]))
 FROM clock, product, held
-"""
+""".replace("{holding}", stock.rule_sql(stock.holding_stock, "clock.now")) \
+   .replace("{counts}", stock.rule_sql(stock.counts_against_stock, "clock.now"))
 
 INSERT_HOLDS = """
 WITH placed AS (

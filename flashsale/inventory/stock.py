@@ -1,24 +1,41 @@
-"""Derived stock: available = total_stock - confirmed - active holds, never a stored counter.
+"""Derived stock: available = total_stock - taken, never a stored counter.
 
-An active hold is PENDING with hold_expires_at in the future by the database clock, so a hold stops
-counting the instant it lapses whether or not any expiry job has run (invariant 2).
+Taken units belong to CONFIRMED holds, CONFIRMING holds (a confirmation was accepted; the payment
+decides) and PENDING holds whose hold_expires_at is in the future by the database clock, so a hold
+stops counting the instant it lapses whether or not any expiry job has run (invariant 2).
+
+That rule is written once, here, as SQLAlchemy expressions; the raw SQL of the hot path
+(placement.READ_SALE) is rendered from the same expressions (`rule_sql`), and the audit uses them too.
 """
 
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, func, literal_column, or_, select
+from sqlalchemy.dialects import postgresql
 
-from ..models import CONFIRMED, PENDING, Order, Product
+from ..models import CONFIRMED, CONFIRMING, PENDING, Order, Product
 from .clock import now_expression
 
 
-def counts_against_stock(now):
-    """The filter for orders whose units are not available: confirmed, or held and not yet expired."""
+def holding_stock(now):
+    """Holds not yet confirmed whose units are taken at `now`: CONFIRMING, or PENDING and not lapsed."""
     return or_(
-        Order.status == CONFIRMED,
+        Order.status == CONFIRMING,
         and_(Order.status == PENDING, Order.hold_expires_at > now),
     )
+
+
+def counts_against_stock(now):
+    """The filter for orders whose units are not available: confirmed, paying, or held and live."""
+    return or_(Order.status == CONFIRMED, holding_stock(now))
+
+
+def rule_sql(rule, now_sql):
+    """A rule above as PostgreSQL text for raw SQL, with `now_sql` (e.g. "clock.now") as its clock."""
+    expression = rule(literal_column(now_sql))
+    text = expression.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True})
+    return f"({text})"  # parenthesised: it is ANDed with other conditions wherever it is used
 
 
 @dataclass(frozen=True)
@@ -31,7 +48,7 @@ class Taken:
 
 
 def units_taken(session, product_id, email, now):
-    """Units of the product confirmed or actively held at `now`, overall and by `email`."""
+    """Units of the product taken at `now` (confirmed, paying, or actively held), overall and by `email`."""
     row = session.execute(
         select(
             func.coalesce(func.sum(Order.quantity), 0),
@@ -47,32 +64,35 @@ def units_taken(session, product_id, email, now):
 
 @dataclass(frozen=True)
 class StockLevel:
-    """A product's stock picture: what is confirmed, held, and still available."""
+    """A product's stock picture: what is confirmed, being paid for, held, and still available."""
 
     total: int
     confirmed: int
     held: int
+    paying: int = 0
 
     @property
     def available(self):
-        return max(self.total - self.confirmed - self.held, 0)
+        return max(self.total - self.confirmed - self.paying - self.held, 0)
 
 
 def stock_levels(session, product_ids=None):
     """StockLevel per product id, computed with the database clock in one query."""
     now = now_expression(session)
     confirmed = func.coalesce(func.sum(Order.quantity).filter(Order.status == CONFIRMED), 0)
+    paying = func.coalesce(func.sum(Order.quantity).filter(Order.status == CONFIRMING), 0)
     held = func.coalesce(
         func.sum(Order.quantity).filter(Order.status == PENDING, Order.hold_expires_at > now), 0
     )
     query = (
-        select(Product.id, Product.total_stock, confirmed, held)
+        select(Product.id, Product.total_stock, confirmed, held, paying)
         .outerjoin(Order, and_(Order.product_id == Product.id, counts_against_stock(now)))
         .group_by(Product.id, Product.total_stock)
     )
     if product_ids is not None:
         query = query.where(Product.id.in_(list(product_ids)))
-    return {pid: StockLevel(total, int(c), int(h)) for pid, total, c, h in session.execute(query)}
+    return {pid: StockLevel(total, int(c), int(h), int(p))
+            for pid, total, c, h, p in session.execute(query)}
 
 
 def sale_state(product, available, now):

@@ -1,32 +1,12 @@
-"""How holds and refusals read to a shopper: effective status, payment in progress, friendly messages."""
+"""How holds and refusals read to a shopper: why a hold was released, and friendly messages."""
 
-import logging
-
-from redis.exceptions import RedisError
-from rq.exceptions import NoSuchJobError
-from rq.job import Job
 from sqlalchemy import select
 
-from ..extensions import redis_store
-from ..jobs import confirmation_job_id
 from ..models import RELEASED, InventoryEvent
-
-log = logging.getLogger(__name__)
-RUNNING_JOB = {"queued", "started", "deferred", "scheduled"}
-
-
-def confirming(order):
-    """True while the hold's confirmation job is queued or running (best effort: False if unknown)."""
-    try:
-        job = Job.fetch(confirmation_job_id(order.id), connection=redis_store.client)
-        status = job.get_status(refresh=False)
-    except (NoSuchJobError, RedisError):
-        return False
-    return getattr(status, "value", status) in RUNNING_JOB
 
 
 def release_reason(session, order):
-    """Why a hold was released: "customer" or "payment_refused" (from its ledger event)."""
+    """Why a hold was released: "customer", "payment_refused" or "payment_unfinished" (its event)."""
     metadata = session.execute(
         select(InventoryEvent.event_metadata).where(
             InventoryEvent.order_id == order.id, InventoryEvent.type == RELEASED)
@@ -54,4 +34,6 @@ def refusal_message(refusal):
         return "This hold was released, so it can no longer be confirmed."
     if refusal.code == "hold_confirmed":
         return "This hold is already confirmed, so it cannot be released."
+    if refusal.code == "payment_in_progress":
+        return "Your confirmation was accepted and the payment is in progress, so it can no longer be released."
     return refusal.message

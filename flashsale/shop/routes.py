@@ -10,13 +10,19 @@ from sqlalchemy import select
 
 from .. import checkout
 from ..api.serialise import iso
-from ..errors import FlashsaleError, HoldConfirmed, HoldExpired, HoldReleased, InvalidInput
-from ..extensions import db, redis_store
+from ..errors import (
+    FlashsaleError,
+    HoldConfirmed,
+    HoldExpired,
+    HoldReleased,
+    InvalidInput,
+    PaymentInProgress,
+)
+from ..extensions import db
 from ..inventory import catalog, holds
 from ..inventory.clock import db_now
 from ..inventory.stock import sale_state, stock_levels
-from ..jobs import enqueue_confirmation
-from ..models import Product
+from ..models import CONFIRMING, Product
 from ..ratelimits import hold_limits
 from . import presenting
 from .forms import HoldActionForm, HoldForm
@@ -95,22 +101,24 @@ def hold_status(token):
     order = holds.get_hold(session, token)
     now = db_now(session)
     status = holds.effective_status(order, now)
-    return jsonify(status=status, confirming=status == "PENDING" and presenting.confirming(order),
+    return jsonify(status=status, confirming=status == CONFIRMING,
                    hold_expires_at=iso(order.hold_expires_at), server_time=iso(now))
 
 
 @bp.post("/holds/<token>/confirm")
 def confirm(token):
-    """Queue the payment and confirmation (the worker decides), then show the hold page polling it."""
-    session = db.session
+    """Accept the confirmation (the units are kept for this shopper from now on), then show the hold
+    page while the payment runs."""
     require_action_form()
     try:
-        order, needs_job = holds.check_confirmable(session, token)
+        accepted = checkout.confirm_hold(token)
     except (HoldExpired, HoldReleased) as refusal:
         return refused_on_hold_page(token, refusal)
-    if needs_job:
-        enqueue_confirmation(redis_store.queue, order)
-        flash("Payment is being processed. This page updates by itself.", "info")
+    if accepted.accepted_now:
+        flash("Confirmed: your units are kept for you while we take the payment. "
+              "This page updates by itself.", "info")
+    elif accepted.hold.status == CONFIRMING:
+        flash("Your confirmation was already accepted; the payment is in progress.", "info")
     else:
         flash("This hold is already confirmed.", "info")
     return redirect(url_for("shop.hold", token=token), 303)
@@ -122,7 +130,7 @@ def release(token):
     require_action_form()
     try:
         _, released_now = checkout.release_hold(token)
-    except (HoldConfirmed, HoldExpired) as refusal:
+    except (HoldConfirmed, HoldExpired, PaymentInProgress) as refusal:
         return refused_on_hold_page(token, refusal)
     if not released_now:
         flash("This hold was already released.", "info")  # a second click: nothing to do or count
@@ -169,7 +177,7 @@ def render_hold(order, status=200):
     product = session.get(Product, order.product_id)
     page = render_template(
         "shop/hold.html", order=order, product=product, status=effective, now=now,
-        confirming=effective == "PENDING" and presenting.confirming(order),
+        confirming=effective == CONFIRMING,
         release_reason=presenting.release_reason(session, order) if effective == "RELEASED" else None,
         form=HoldActionForm())
     return page, status

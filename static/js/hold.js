@@ -1,13 +1,15 @@
 /* The hold page: count down to expiry on the server's clock, and follow the status while payment runs.
- * When the status becomes final the page reloads, so the server renders the one true result. */
+ * When the status changes (paid, refused, expired, or confirmed in another tab) the page reloads, so
+ * the server renders the one true result. Without JavaScript a CONFIRMING page refreshes itself. */
 (function () {
   "use strict";
   var page = document.querySelector("[data-hold]");
-  if (!page || page.getAttribute("data-status") !== "PENDING") return;
-  var badge = page.querySelector("[data-hold-status]");
+  if (!page) return;
+  var status = page.getAttribute("data-status");
+  if (status !== "PENDING" && status !== "CONFIRMING") return;
   var result = page.querySelector("[data-hold-result]");
   var actions = page.querySelector("[data-hold-actions]");
-  var confirming = page.getAttribute("data-confirming") === "true";
+  var confirming = status === "CONFIRMING";
 
   function disableActions() {
     if (!actions) return;
@@ -18,14 +20,10 @@
 
   function show(hold) {
     FS.syncClock(hold.server_time);
-    if (hold.status !== "PENDING") {
+    if (hold.status !== status) {
       disableActions();
-      if (badge) badge.textContent = hold.status.toLowerCase();
       window.location.reload();
-      return;
     }
-    confirming = hold.confirming;
-    if (badge) badge.textContent = "pending" + (confirming ? " · payment in progress" : "");
   }
 
   var poller = FS.poll(function () {
@@ -37,7 +35,7 @@
   page.addEventListener("fs:countdown-done", function () {
     // The clock has decided: nothing can be confirmed any more. Ask the server to say so.
     disableActions();
-    if (result) result.textContent = confirming ? "Waiting for the payment result…" : "Time is up: this hold has expired.";
+    if (result) result.textContent = "Time is up: this hold has expired.";
     poller.now();
   });
 })();

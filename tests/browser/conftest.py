@@ -42,7 +42,8 @@ def chromium():
 def live(app, chromium):
     """The web server and a worker with the scheduler on the test database and Redis; ADMIN_TOKEN is set."""
     with LiveServer(TestConfig.SQLALCHEMY_DATABASE_URI, TestConfig.REDIS_URL, workers=1, threads=8,
-                    with_worker=True, HOLD_SECONDS=60, ADMIN_TOKEN=ADMIN_TOKEN) as server:
+                    with_worker=True, HOLD_SECONDS=60, ADMIN_TOKEN=ADMIN_TOKEN,
+                    FAKE_PAYMENT_DELAY_MS=1500) as server:  # long enough to see a payment run
         yield server
 
 

@@ -47,9 +47,24 @@ def test_buy_hold_confirm(app, live, page, make_product):
     expect(page.get_by_role("heading", level=1)).to_have_text("Your units are held")
     expect(page.locator("[data-hold-countdown]")).to_have_text(re.compile(r"^[01]:\d\d$"))
     page.get_by_role("button", name="Confirm and pay $246.90").click()
+    # The confirmation is accepted at once: the clock stops while the (1.5 s) payment runs.
+    expect(page.get_by_role("heading", level=1)).to_have_text("Payment in progress")
+    expect(page.locator("[data-hold-countdown]")).to_have_count(0)
+    expect(page.get_by_role("button", name="Release")).to_have_count(0)
     expect(page.get_by_role("heading", level=1)).to_have_text("Purchase confirmed", timeout=15_000)
     expect(page.locator("[data-hold-result]")).to_contain_text("Paid and confirmed")
     assert statuses(app) == [CONFIRMED]
+
+
+def test_a_refused_payment_shows_in_progress_then_refused(app, live, page, make_product):
+    make_product(total_stock=1)
+    page.goto(f"{live.url}/products/ps5")
+    buy_in_page(page, email="broke+refuse@example.com")
+    page.get_by_role("button", name=re.compile("^Confirm and pay")).click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Payment in progress")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Hold released", timeout=15_000)
+    expect(page.locator("[data-hold-result]")).to_contain_text("payment was refused")
+    assert statuses(app) == [RELEASED]
 
 
 def test_a_double_click_on_buy_makes_one_hold(app, live, page, make_product):
@@ -154,6 +169,8 @@ def test_buying_confirming_and_releasing_work_without_javascript(app, live, chro
             buy_in_page(page, email=email)
             expect(page.get_by_role("heading", level=1)).to_have_text("Your units are held")
             page.get_by_role("button", name=re.compile(action)).click()
+            if action == "Confirm and pay":  # accepted at once; the refresh follows the payment
+                expect(page.get_by_role("heading", level=1)).to_have_text("Payment in progress")
             expect(page.get_by_role("heading", level=1)).to_have_text(outcome, timeout=15_000)
     finally:
         context.close()

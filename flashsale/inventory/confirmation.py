@@ -1,0 +1,70 @@
+"""Accepting a confirmation: the promise that the hold ends CONFIRMED unless the payment is refused.
+
+It happens in the shopper's request, as one conditional update while the hold is live by the database
+clock (PENDING -> CONFIRMING, stamped confirmation_requested_at), with its CONFIRMING event and the
+Payment that the payment job will take, all in one transaction. From then on the hold counts against
+stock, never expires and cannot be released by the shopper; the queue and the gateway may take as long
+as they take.
+"""
+
+from dataclasses import dataclass
+
+from sqlalchemy import insert, select
+
+from ..errors import HoldExpired, HoldReleased
+from ..models import CONFIRMED, CONFIRMING, EXPIRED, RELEASED, STARTED, Order, Payment, Product
+from .clock import now_expression
+from .holds import get_hold, is_lapsed
+from .ledger import transition_hold
+
+PAYMENTS = Payment.__table__
+KEY_PREFIX = "flashsale-hold-"  # migration 0003 backfills with the same prefix
+
+
+def payment_key(hold_id):
+    """The gateway idempotency key for a hold's payment: derived from the hold, so never charged twice."""
+    return KEY_PREFIX + hold_id
+
+
+@dataclass(frozen=True)
+class Acceptance:
+    """The hold after a confirm, and whether this call made the promise (False: it was made already)."""
+
+    hold: Order
+    accepted_now: bool
+
+
+def accept_confirmation(session, hold_id):
+    """Accept the shopper's confirmation of a live hold, or say it was already accepted.
+
+    Raises HoldExpired once the hold has lapsed by the database clock (recorded or not), HoldReleased
+    for a released hold. A second click, or two at once, accept once.
+    """
+    order = get_hold(session, hold_id)
+    if order.status in (CONFIRMING, CONFIRMED):
+        return Acceptance(order, False)
+    _refuse_if_over(session, order)
+    price = session.execute(select(Product.price_cents).where(Product.id == order.product_id)).scalar_one()
+    amount = order.quantity * price
+    won = transition_hold(session, hold_id, CONFIRMING, still_live=True, commit=False,
+                          metadata={"amount_cents": amount})
+    if won is None:
+        # Lost to expiry, a release or a concurrent click: the row says which.
+        session.rollback()
+        order = session.get(Order, hold_id, populate_existing=True)
+        if order.status in (CONFIRMING, CONFIRMED):
+            return Acceptance(order, False)
+        _refuse_if_over(session, order)
+        raise HoldExpired(expired_at=order.hold_expires_at.isoformat())
+    session.execute(insert(PAYMENTS).values(
+        order_id=hold_id, amount_cents=amount, idempotency_key=payment_key(hold_id), state=STARTED,
+        attempts=0, created_at=now_expression(session)))
+    session.commit()
+    return Acceptance(session.get(Order, hold_id, populate_existing=True), True)
+
+
+def _refuse_if_over(session, order):
+    if order.status == RELEASED:
+        raise HoldReleased()
+    if order.status == EXPIRED or is_lapsed(session, order):
+        raise HoldExpired(expired_at=order.hold_expires_at.isoformat())
