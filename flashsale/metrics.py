@@ -101,11 +101,12 @@ def snapshot(redis, buckets=WINDOW_BUCKETS):
     }
 
 
-def sample_gauges(redis, stock_by_product, hold_latency, lock_wait, now=None):
+def sample_gauges(redis, stock_by_product, hold_latency, lock_wait, payment_latency=None, now=None):
     """Store this bucket's gauges: available stock per product id and the latency percentiles."""
     key = keys.metrics(f"gauges:{_bucket(now)}")
     values = {f"stock:{pid}": available for pid, available in stock_by_product.items()}
-    for name, points in (("latency", hold_latency), ("lock_wait", lock_wait)):
+    for name, points in (("latency", hold_latency), ("lock_wait", lock_wait),
+                         ("payment", payment_latency or {})):
         values.update({f"{name}:{p}": v for p, v in points.items() if v is not None})
     if not values:
         return
@@ -116,7 +117,8 @@ def sample_gauges(redis, stock_by_product, hold_latency, lock_wait, now=None):
 
 
 def gauge_series(redis, buckets=WINDOW_BUCKETS, now=None):
-    """[{"t": bucket start, "stock": {pid: available}, "latency": {...}, "lock_wait": {...}}] oldest first.
+    """[{"t": bucket start, "stock": {pid: available}, "latency": {...}, "lock_wait": {...},
+    "payment": {...}}] oldest first.
 
     A bucket nobody sampled has empty mappings (the chart shows a gap, not a made-up value).
     """
@@ -127,7 +129,8 @@ def gauge_series(redis, buckets=WINDOW_BUCKETS, now=None):
         pipe.hgetall(keys.metrics(f"gauges:{b}"))
     series = []
     for i, raw in enumerate(pipe.execute()):
-        point = {"t": (first + i) * BUCKET_SECONDS, "stock": {}, "latency": {}, "lock_wait": {}}
+        point = {"t": (first + i) * BUCKET_SECONDS, "stock": {}, "latency": {}, "lock_wait": {},
+                 "payment": {}}
         for field, value in raw.items():
             group, _, name = field.decode().partition(":")
             if group in point:

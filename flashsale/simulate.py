@@ -143,10 +143,11 @@ def time_to_sell_out(results, units_available):
 
 
 def kept_units(holds, read_at):
-    """Units our holds still take at read_at: confirmed, or pending and not yet lapsed by then."""
+    """Units our holds still take at read_at: confirmed or being paid for, or pending and not yet
+    lapsed by then."""
     kept = 0
     for hold in holds.values():
-        if hold["status"] == "CONFIRMED":
+        if hold["status"] in ("CONFIRMED", "CONFIRMING"):
             kept += hold["quantity"]
         elif hold["status"] == "PENDING":
             expires = datetime.fromisoformat(hold["hold_expires_at"].replace("Z", "+00:00"))
@@ -160,6 +161,31 @@ def response_label(attempt):
     if not attempt.status:
         return "no answer"
     return f"{attempt.status} {attempt.code or {200: 'replayed', 201: 'created'}.get(attempt.status, 'ok')}"
+
+
+def confirmation_report(results, holds):
+    """Confirmations asked, accepted (202/200) and kept (ended CONFIRMED), and the time to confirm."""
+    asked = [r for r in results if r.hold and r.buyer.plan == "confirm"]
+    accepted = [r.hold["id"] for r in asked if r.action_status in (200, 202)]
+    ended = Counter(holds.get(h, {}).get("status") for h in accepted)
+    waits = []
+    for hold_id in accepted:
+        hold = holds.get(hold_id, {})
+        if hold.get("confirmed_at") and hold.get("confirmation_requested_at"):
+            waits.append((_parse(hold["confirmed_at"]) - _parse(hold["confirmation_requested_at"]))
+                         .total_seconds())
+    return {
+        "asked": len(asked), "accepted": len(accepted),
+        "refused": sum(1 for r in asked if r.action_status == 409),
+        "kept": ended.get("CONFIRMED", 0), "payment_refused_or_unfinished": ended.get("RELEASED", 0),
+        "still_paying": ended.get("CONFIRMING", 0),
+        "time_to_confirm_s": {f"p{q}": _round(percentile(waits, q)) for q in (50, 99)}
+        | {"max": _round(max(waits) if waits else None)},
+    }
+
+
+def _parse(moment):
+    return datetime.fromisoformat(moment.replace("Z", "+00:00"))
 
 
 def build_report(crowd, url, results, before, after, holds, read_at, elapsed, audit_result):
@@ -195,7 +221,8 @@ def build_report(crowd, url, results, before, after, holds, read_at, elapsed, au
         "units_won": units_won,
         "units_kept": kept,
         "outcomes": {s.lower(): statuses.get(s, 0)
-                     for s in ("CONFIRMED", "EXPIRED", "RELEASED", "PENDING")},
+                     for s in ("CONFIRMED", "CONFIRMING", "EXPIRED", "RELEASED", "PENDING")},
+        "confirmations": confirmation_report(results, holds),
         "time_to_sell_out_s": _round(time_to_sell_out(results, before["available"])),
         "time_to_all_answered_s": _round(max(answered) if answered else None),
         "duration_s": _round(elapsed),
@@ -231,6 +258,7 @@ def render(report):
         ("holds won", f"{report['holds_won']} holds, {report['units_won']} units, "
                       f"of {stock['available_before']} available (stock {stock['total']})"),
         ("outcomes", join(report["outcomes"])),
+        ("confirmations", confirmations_text(report["confirmations"])),
         ("time to sell out", seconds(report["time_to_sell_out_s"])),
         ("all answered", seconds(report["time_to_all_answered_s"])),
         ("latency (hold)", " · ".join(f"{k} {v} ms" for k, v in latency.items() if k != "count")
@@ -251,6 +279,17 @@ def render(report):
     title = f"flash sale on {report['product']} at {report['url']} ({report['duration_s']} s)"
     return "\n".join([title] + [f"  {label:<{width}}  {value}" for label, value in rows]
                      + ["", "OK: nothing oversold" if report["ok"] else "FAILED: see the breaches above"])
+
+
+def confirmations_text(c):
+    """'70 asked · 70 accepted · 70 kept · 0 refused by payment; accepted -> paid p50 0.31 s, p99 ...'."""
+    wait = c["time_to_confirm_s"]
+    timing = ("" if wait["p50"] is None else
+              f"; accepted -> paid p50 {wait['p50']:.2f} s, p99 {wait['p99']:.2f} s, max {wait['max']:.2f} s")
+    late = f" · {c['refused']} too late" if c["refused"] else ""
+    paying = f" · {c['still_paying']} still paying" if c["still_paying"] else ""
+    return (f"{c['asked']} asked · {c['accepted']} accepted · {c['kept']} kept"
+            f" · {c['payment_refused_or_unfinished']} refused by payment{late}{paying}{timing}")
 
 
 def allow_open_files(wanted):
@@ -354,7 +393,10 @@ def audit_here(slug, hold_ids):
     """Run the audit in-process when this app's database is the server's, else say why not."""
     from sqlalchemy import func, select
 
-    from .extensions import db
+    from flask import current_app
+
+    from .extensions import db, redis_store
+    from .gateways import gateway_from_config
     from .inventory.audit import audit
     from .models import Order, Product
 
@@ -370,7 +412,9 @@ def audit_here(slug, hold_ids):
             session.rollback()
             return {"status": "skipped", "note": "this DATABASE_URL is not the server's database "
                                                  "(run with the server's DATABASE_URL to audit)"}
-        breaches = [str(b) for b in audit(session)]
+        config = current_app.config
+        gateway = gateway_from_config(config, redis_store.client)
+        breaches = [str(b) for b in audit(session, gateway, config["PAYMENT_FINAL_SECONDS"])]
     except Exception as error:  # noqa: BLE001 - any failure to reach the database means no audit
         db.session.rollback()
         return {"status": "skipped", "note": f"no database access ({error.__class__.__name__})"}

@@ -35,7 +35,10 @@ def test_dashboard_page_shows_totals_queue_latency_products_and_charts(client, m
     for metric in ("totals.sold_out", "totals.rate_limited", "totals.busy", "hold_latency_ms.p99",
                    "lock_wait_ms.p95", "queue.depth", "queue.workers", "queue.failed"):
         assert f'data-metric="{metric}"' in page
-    for chart in ("chart-outcomes", "chart-stock", "chart-latency"):
+    for metric in ("payments.in_progress", "payments.oldest_seconds", "payment_latency_ms.p50",
+                   "payment_latency_ms.p99", "totals.accepted", "totals.refunded", "totals.reconciled"):
+        assert f'data-metric="{metric}"' in page
+    for chart in ("chart-outcomes", "chart-payments", "chart-stock", "chart-latency"):
         assert f'<canvas id="{chart}"' in page
     assert re.search(r'data-col="available">2<', page) and re.search(r'data-col="held">1<', page)
     assert "/static/vendor/chartjs/chart.umd.min.js" in page and "/static/js/admin.js" in page
@@ -54,18 +57,25 @@ def test_emails_are_masked_on_admin_pages_and_metrics(client, make_product):
 def test_metrics_per_product_row_counts_outcomes_and_conversion(app, client, make_product):
     make_product(total_stock=10)
     make_product(slug="other", total_stock=4)
-    confirmed, expired, released, _held = (buy(client, f"{n}@example.com")["id"] for n in "abcd")
+    confirmed, expired, released, _held, paying = (buy(client, f"{n}@example.com")["id"] for n in "abcde")
+    assert client.post(f"/api/holds/{paying}/confirm").status_code == 202
+    assert client.post(f"/api/holds/{confirmed}/confirm").status_code == 202
     with app.app_context():
-        jobs.confirm_hold(confirmed)
+        assert jobs.take_payment(confirmed) == "confirmed"
         db.session.execute(update(Order).where(Order.id == expired).values(
             hold_expires_at=datetime.now(timezone.utc) - timedelta(seconds=1)))  # lapsed, not yet recorded
         db.session.commit()
     client.post(f"/api/holds/{released}/release")
     rows = {p["slug"]: p for p in client.get("/admin/metrics").json["products"]}
     assert rows["ps5"] | {"id": None} == {
-        "id": None, "slug": "ps5", "name": "PS5", "total": 10, "available": 8, "held": 1, "confirmed": 1,
-        "expired": 1, "released": 1, "holds": 4, "confirmed_holds": 1, "conversion_rate": 0.25}
+        "id": None, "slug": "ps5", "name": "PS5", "total": 10, "available": 7, "held": 1, "paying": 1,
+        "confirmed": 1, "expired": 1, "released": 1, "holds": 5, "confirmed_holds": 1, "conversion_rate": 0.2}
     assert rows["other"]["conversion_rate"] is None and rows["other"]["available"] == 4
+    board = client.get("/admin/metrics").json
+    assert board["payments"]["in_progress"] == 1 and board["payments"]["oldest_seconds"] >= 0
+    assert (board["totals"]["accepted"], board["totals"]["confirmed"]) == (2, 1)
+    assert board["payment_latency_ms"]["p50"] is not None
+    assert board["gauges"][-1]["payment"]["p50"] == board["payment_latency_ms"]["p50"]
 
 
 def test_metrics_carry_series_queue_latency_and_server_time(client, make_product):

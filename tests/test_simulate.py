@@ -20,6 +20,7 @@ from flashsale.simulate import (
     BuyerResult,
     Crowd,
     build_report,
+    confirmation_report,
     kept_units,
     percentile,
     plan_buyers,
@@ -118,7 +119,7 @@ def test_the_report_counts_answers_and_passes_when_nothing_is_oversold():
     report = _report(1, holds)
     assert report["responses"] == {"201 created": 2, "409 sold_out": 1}
     assert report["answers"] == {"won": 2, "sold_out": 1}
-    assert report["outcomes"] == {"confirmed": 1, "expired": 0, "released": 1, "pending": 0}
+    assert report["outcomes"] == {"confirmed": 1, "confirming": 0, "expired": 0, "released": 1, "pending": 0}
     assert report["latency_ms"]["p50"] == 5 and report["latency_ms"]["max"] == 7
     assert report["ok"] is True
     table = render(report)
@@ -183,6 +184,31 @@ def test_retrying_buyers_come_back_after_retry_after_with_the_same_idempotency_k
     assert Counter(actions) == expected
 
 
+def test_the_report_counts_confirmations_accepted_and_kept_and_the_time_to_confirm():
+    now = datetime.now(timezone.utc)
+
+    def at(seconds):
+        return (now + timedelta(seconds=seconds)).isoformat().replace("+00:00", "Z")
+
+    results = [_result(i, 201) for i in (1, 2, 3, 4)]
+    for result, action in zip(results, (202, 202, 409, 202), strict=True):
+        result.action_status = action
+    holds = {
+        "h1": {"status": "CONFIRMED", "quantity": 1, "hold_expires_at": LATER,
+               "confirmation_requested_at": at(0), "confirmed_at": at(0.25)},
+        "h2": {"status": "CONFIRMED", "quantity": 1, "hold_expires_at": LATER,
+               "confirmation_requested_at": at(0), "confirmed_at": at(0.75)},
+        "h3": {"status": "EXPIRED", "quantity": 1, "hold_expires_at": LATER},
+        "h4": {"status": "RELEASED", "quantity": 1, "hold_expires_at": LATER,
+               "confirmation_requested_at": at(0)},
+    }
+    found = confirmation_report(results, holds)
+    assert {k: v for k, v in found.items() if k != "time_to_confirm_s"} == {
+        "asked": 4, "accepted": 3, "refused": 1, "kept": 2, "payment_refused_or_unfinished": 1,
+        "still_paying": 0}
+    assert found["time_to_confirm_s"] == {"p50": 0.25, "p99": 0.75, "max": 0.75}
+
+
 def test_the_table_explains_rate_limits_and_a_missing_worker():
     holds = {"h1": {"status": "PENDING", "quantity": 1, "hold_expires_at": LATER}}
     report = _report(1, holds)
@@ -225,8 +251,14 @@ def test_three_hundred_buyers_on_twenty_units_report_what_the_database_holds(app
     assert report["undecided_after_settle"] == 0
     statuses = db_statuses(app, product_id)
     assert report["holds_won"] == sum(statuses.values())
-    assert report["outcomes"] == {s: statuses.get(s, 0) for s in ("confirmed", "expired", "released", "pending")}
-    assert statuses.get("pending", 0) == 0
+    assert report["outcomes"] == {s: statuses.get(s, 0)
+                                  for s in ("confirmed", "confirming", "expired", "released", "pending")}
+    assert statuses.get("pending", 0) == 0 and statuses.get("confirming", 0) == 0
+    # Every confirmation the server accepted was kept, and the report says how long paying took.
+    confirmations = report["confirmations"]
+    assert confirmations["accepted"] == confirmations["kept"] == statuses["confirmed"]
+    assert confirmations["asked"] == confirmations["accepted"] + confirmations["refused"]
+    assert 0 <= confirmations["time_to_confirm_s"]["p50"] <= confirmations["time_to_confirm_s"]["max"]
     assert statuses.get("confirmed", 0) > 0 and statuses.get("expired", 0) > 0
     # Every unit went, releases let a few more buyers in, and nobody got more than the stock at once.
     assert 20 <= report["holds_won"] <= 20 + statuses.get("released", 0)

@@ -1,4 +1,5 @@
-"""What the dashboard shows: Redis metrics, stock and hold outcomes per product, the queue, recent holds."""
+"""What the dashboard shows: Redis metrics, stock and hold outcomes per product, payments, the queue,
+recent holds."""
 
 from sqlalchemy import and_, func, or_, select
 
@@ -8,7 +9,7 @@ from ..extensions import db, redis_store
 from ..inventory.audit import mask_email
 from ..inventory.clock import db_now, now_expression
 from ..inventory.stock import stock_levels
-from ..models import CONFIRMED, EXPIRED, PENDING, RELEASED, Order, Product
+from ..models import CONFIRMED, CONFIRMING, EXPIRED, PENDING, RELEASED, Order, Product
 
 RECENT_HOLDS = 10
 
@@ -22,8 +23,9 @@ def snapshot():
     outcomes = hold_outcomes(session)
     products = session.execute(select(Product).order_by(Product.id)).scalars().all()
     board["products"] = [product_row(p, levels[p.id], outcomes.get(p.id)) for p in products]
+    board["payments"] = payment_stats(session)
     metrics.sample_gauges(redis, {p.id: levels[p.id].available for p in products},
-                          board["hold_latency_ms"], board["lock_wait_ms"])
+                          board["hold_latency_ms"], board["lock_wait_ms"], board["payment_latency_ms"])
     board["gauges"] = metrics.gauge_series(redis)
     board["queue"] = queue_stats()
     board["recent_holds"] = recent_holds(session, {p.id: p.slug for p in products})
@@ -38,10 +40,19 @@ def product_row(product, level, outcome):
     return {
         "id": product.id, "slug": product.slug, "name": product.name,
         "total": level.total, "available": level.available, "held": level.held,
-        "confirmed": level.confirmed, "expired": expired_units, "released": released_units,
+        "paying": level.paying, "confirmed": level.confirmed, "expired": expired_units, "released": released_units,
         "holds": holds_made, "confirmed_holds": confirmed_holds,
         "conversion_rate": round(confirmed_holds / holds_made, 4) if holds_made else None,
     }
+
+
+def payment_stats(session):
+    """Holds being paid for right now (CONFIRMING) and how long the oldest has waited, by the database clock."""
+    count, oldest = session.execute(
+        select(func.count(), func.min(Order.confirmation_requested_at)).where(Order.status == CONFIRMING)
+    ).one()
+    waited = (db_now(session) - oldest).total_seconds() if oldest is not None else None
+    return {"in_progress": int(count), "oldest_seconds": round(waited, 1) if waited is not None else None}
 
 
 def hold_outcomes(session):

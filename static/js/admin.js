@@ -12,10 +12,16 @@
     ["sold_out", "Sold out", "#dc2626"], ["rate_limited", "Rate-limited", "#db2777"],
     ["busy", "Busy", "#0891b2"], ["rejected", "Other refusals", "#6b7280"]
   ];
+  var PAYMENTS = [
+    ["accepted", "Accepted", "#2563eb"], ["confirmed", "Paid", "#16a34a"],
+    ["payment_refused", "Refused", "#dc2626"], ["reconciled", "Reconciled", "#d97706"],
+    ["refunded", "Refunded", "#7c3aed"]
+  ];
   var PALETTE = ["#2563eb", "#16a34a", "#d97706", "#dc2626", "#7c3aed", "#0891b2", "#db2777", "#4b5563"];
   var LATENCY = [
     ["latency", "p50", "Hold p50", "#16a34a"], ["latency", "p95", "Hold p95", "#d97706"],
-    ["latency", "p99", "Hold p99", "#dc2626"], ["lock_wait", "p95", "Lock wait p95", "#6b7280"]
+    ["latency", "p99", "Hold p99", "#dc2626"], ["lock_wait", "p95", "Lock wait p95", "#6b7280"],
+    ["payment", "p50", "Paid p50", "#2563eb"], ["payment", "p99", "Paid p99", "#7c3aed"]
   ];
   var MIN_BUCKETS = 24; // two minutes, so a fresh sale still has an axis worth reading
   Chart.defaults.font.family = getComputedStyle(document.body).fontFamily;
@@ -36,6 +42,9 @@
 
   var charts = {
     outcomes: lineChart("chart-outcomes", OUTCOMES.map(function (o) {
+      return { label: o[1], data: [], borderColor: o[2], backgroundColor: o[2] };
+    })),
+    payments: lineChart("chart-payments", PAYMENTS.map(function (o) {
       return { label: o[1], data: [], borderColor: o[2], backgroundColor: o[2] };
     })),
     stock: lineChart("chart-stock", []),
@@ -71,7 +80,7 @@
       var row = document.createElement("tr");
       row.setAttribute("data-product-row", p.slug);
       row.appendChild(cell("th", p.name, "row"));
-      ["total", "available", "held", "confirmed", "expired", "released", "holds"].forEach(function (col) {
+      ["total", "available", "held", "paying", "confirmed", "expired", "released", "holds"].forEach(function (col) {
         var td = cell("td", String(p[col]));
         td.setAttribute("data-col", col);
         row.appendChild(td);
@@ -105,6 +114,11 @@
       dataset.data = series.map(function (b) { return b[OUTCOMES[i][0]] || 0; });
     });
     charts.outcomes.update("none");
+    charts.payments.data.labels = charts.outcomes.data.labels;
+    charts.payments.data.datasets.forEach(function (dataset, i) {
+      dataset.data = series.map(function (b) { return b[PAYMENTS[i][0]] || 0; });
+    });
+    charts.payments.update("none");
 
     var gauges = recent(board.gauges, function (g) { return Object.keys(g.stock).length > 0; });
     var gaugeLabels = gauges.map(function (g) { return clock(g.t); });
@@ -125,7 +139,7 @@
     charts.latency.data.datasets.forEach(function (dataset, i) {
       var group = LATENCY[i][0], point = LATENCY[i][1];
       dataset.data = gauges.map(function (g) {
-        var v = g[group][point];
+        var v = (g[group] || {})[point];
         return v === undefined ? null : v;
       });
     });
