@@ -1,4 +1,4 @@
-"""Product, Order (a hold while PENDING) and InventoryEvent, the append-only ledger."""
+"""Product, Order (a hold while PENDING), Payment, and InventoryEvent, the append-only ledger."""
 
 import secrets
 from datetime import datetime, timezone
@@ -21,10 +21,22 @@ from sqlalchemy.types import TypeDecorator
 
 from .extensions import db
 
-PENDING, CONFIRMED, EXPIRED, RELEASED = "PENDING", "CONFIRMED", "EXPIRED", "RELEASED"
-ORDER_STATUSES = (PENDING, CONFIRMED, EXPIRED, RELEASED)
+PENDING, CONFIRMING, CONFIRMED = "PENDING", "CONFIRMING", "CONFIRMED"
+EXPIRED, RELEASED = "EXPIRED", "RELEASED"
+ORDER_STATUSES = (PENDING, CONFIRMING, CONFIRMED, EXPIRED, RELEASED)
+TERMINAL_STATUSES = (CONFIRMED, EXPIRED, RELEASED)
+# Ledger events are named after the status the hold entered (HOLD_CREATED: it became PENDING).
 HOLD_CREATED = "HOLD_CREATED"
-EVENT_TYPES = (HOLD_CREATED, CONFIRMED, EXPIRED, RELEASED)
+EVENT_TYPES = (HOLD_CREATED, CONFIRMING, CONFIRMED, EXPIRED, RELEASED)
+# Payment states: started (recorded before the gateway is called), then captured, refused, refunded
+# (captured for a hold that ended otherwise, and given back), or voided (never taken; the gateway was
+# told to refuse the key for good, so a late charge cannot land).
+STARTED, CAPTURED, REFUSED, REFUNDED, VOIDED = "started", "captured", "refused", "refunded", "voided"
+PAYMENT_STATES = (STARTED, CAPTURED, REFUSED, REFUNDED, VOIDED)
+
+
+def _sql_in(values):
+    return ", ".join(f"'{value}'" for value in values)
 
 
 def new_hold_id():
@@ -89,18 +101,18 @@ class Order(db.Model):
     __tablename__ = "orders"
     __table_args__ = (
         CheckConstraint("quantity >= 1", name="quantity_positive"),
-        CheckConstraint(
-            "status IN ('PENDING', 'CONFIRMED', 'EXPIRED', 'RELEASED')", name="status_known"
-        ),
+        CheckConstraint(f"status IN ({_sql_in(ORDER_STATUSES)})", name="status_known"),
         UniqueConstraint("idempotency_key"),
         # The hot query: units of one product that are confirmed or held and not yet expired.
         Index("ix_orders_product_status_expires", "product_id", "status", "hold_expires_at"),
         Index("ix_orders_product_email", "product_id", "customer_email"),
-        # Live holds only: derived stock sums PENDING rows through this, so its cost follows the
-        # holds that can still be live, not the sale's history (PostgreSQL also covers quantity).
-        Index("ix_orders_pending_product_expires", "product_id", "hold_expires_at",
-              postgresql_where=text("status = 'PENDING'"), sqlite_where=text("status = 'PENDING'"),
-              postgresql_include=["quantity"]),
+        # Holds not yet decided (PENDING or CONFIRMING) only: derived stock sums their units through
+        # this, so its cost follows the holds in play, not the sale's history. PostgreSQL also covers
+        # quantity and status, so the sum is an index-only scan.
+        Index("ix_orders_live_product_expires", "product_id", "hold_expires_at",
+              postgresql_where=text("status IN ('PENDING', 'CONFIRMING')"),
+              sqlite_where=text("status IN ('PENDING', 'CONFIRMING')"),
+              postgresql_include=["quantity", "status"]),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=new_hold_id)
@@ -110,20 +122,51 @@ class Order(db.Model):
     status: Mapped[str] = mapped_column(String(16), default=PENDING)
     hold_expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # When the shopper's confirmation was accepted (PENDING -> CONFIRMING), by the database clock.
+    confirmation_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     idempotency_key: Mapped[str | None] = mapped_column(String(128), nullable=True)
     # A digest of the request that used idempotency_key: a replay with another body is refused.
     request_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
+class Payment(db.Model):
+    """The payment for one accepted confirmation, written before the gateway is called.
+
+    One per hold: every attempt (the worker's, a reconciler's retry) charges the gateway with the same
+    idempotency key, so a hold is never charged twice. `attempted_at` is the start of the current
+    attempt, a lease of PAYMENT_TIMEOUT_SECONDS: a reconciler retries only once it has run out.
+    """
+
+    __tablename__ = "payments"
+    __table_args__ = (
+        CheckConstraint(f"state IN ({_sql_in(PAYMENT_STATES)})", name="state_known"),
+        CheckConstraint("amount_cents >= 0", name="amount_not_negative"),
+        UniqueConstraint("order_id"),
+        UniqueConstraint("idempotency_key"),
+        # Reconciliation reads the unsettled payments only.
+        Index("ix_payments_unsettled", "attempted_at",
+              postgresql_where=text("state = 'started'"), sqlite_where=text("state = 'started'")),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    order_id: Mapped[str] = mapped_column(ForeignKey("orders.id"))
+    amount_cents: Mapped[int] = mapped_column(Integer)
+    idempotency_key: Mapped[str] = mapped_column(String(80))
+    state: Mapped[str] = mapped_column(String(16), default=STARTED)
+    charge_ref: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    attempted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    settled_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
 class InventoryEvent(db.Model):
-    """One stock movement: HOLD_CREATED (-qty), CONFIRMED (0), EXPIRED or RELEASED (+qty)."""
+    """One stock movement: HOLD_CREATED (-qty), CONFIRMING and CONFIRMED (0), EXPIRED or RELEASED (+qty)."""
 
     __tablename__ = "inventory_events"
     __table_args__ = (
-        CheckConstraint(
-            "type IN ('HOLD_CREATED', 'CONFIRMED', 'EXPIRED', 'RELEASED')", name="type_known"
-        ),
+        CheckConstraint(f"type IN ({_sql_in(EVENT_TYPES)})", name="type_known"),
         Index("ix_inventory_events_order_id", "order_id"),
         Index("ix_inventory_events_product_id", "product_id"),
     )

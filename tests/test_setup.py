@@ -33,3 +33,92 @@ def test_the_migration_upgrades_and_downgrades_on_sqlite(tmp_path):
     assert not {"products", "orders", "inventory_events"} & tables()
     flask_db("upgrade")
     assert "orders" in tables()
+
+
+def _seed_confirmed_hold_at_0002(connection, execute):
+    """A product with one CONFIRMED hold (and its ledger) as revision 0002 would have stored it."""
+    execute(connection, "INSERT INTO products (id, slug, name, description, price_cents, total_stock, "
+            "max_per_customer, sale_starts_at, sale_ends_at, confirmed_units) VALUES (1, 'p', 'P', '', "
+            "250, 5, 2, '2000-01-01 00:00:00', '2999-01-01 00:00:00', 2)")  # fixed-date-ok: stored only
+    execute(connection, "INSERT INTO orders (id, product_id, customer_email, quantity, status, "
+            "hold_expires_at, created_at, confirmed_at) VALUES ('h-old-confirmed-1', 1, 'a@x.io', 2, "
+            "'CONFIRMED', '2000-01-01 00:02:00', '2000-01-01 00:00:00', "  # fixed-date-ok: stored only
+            "'2000-01-01 00:01:00')")  # fixed-date-ok: stored only
+    for kind, delta in (("HOLD_CREATED", -2), ("CONFIRMED", 0)):
+        execute(connection, "INSERT INTO inventory_events (product_id, order_id, type, delta, metadata, "
+                f"created_at) VALUES (1, 'h-old-confirmed-1', '{kind}', {delta}, '{{}}', "
+                "'2000-01-01 00:01:00')")  # fixed-date-ok: stored only
+
+
+def _migrate_with_data(database_url, connect, execute, query):
+    env = server_env(database_url, "redis://127.0.0.1:6379/15")
+
+    def flask_db(*args):
+        done = subprocess.run([str(BIN / "flask"), "--app", "app", "db", *args], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    flask_db("upgrade", "0002")
+    with connect() as connection:
+        _seed_confirmed_hold_at_0002(connection, execute)
+    flask_db("upgrade")
+    with connect() as connection:
+        assert query(connection, "SELECT state, amount_cents, idempotency_key FROM payments") == [
+            ("captured", 500, "flashsale-hold-h-old-confirmed-1")]
+        assert query(connection, "SELECT type FROM inventory_events ORDER BY id") == [
+            ("HOLD_CREATED",), ("CONFIRMED",), ("CONFIRMING",)]
+        assert query(connection, "SELECT count(*) FROM orders WHERE confirmation_requested_at "
+                                 "= confirmed_at") == [(1,)]
+    flask_db("downgrade", "0002")
+    with connect() as connection:
+        assert query(connection, "SELECT type FROM inventory_events ORDER BY id") == [
+            ("HOLD_CREATED",), ("CONFIRMED",)]
+    flask_db("upgrade")
+
+
+def test_revision_0003_backfills_confirmed_holds_and_downgrades_on_sqlite(tmp_path):
+    from contextlib import closing
+
+    path = tmp_path / "m3.db"
+
+    def connect():
+        return closing(sqlite3.connect(path, isolation_level=None))
+
+    _migrate_with_data(f"sqlite:///{path}", connect, lambda c, sql: c.execute(sql),
+                       lambda c, sql: [tuple(row) for row in c.execute(sql)])
+
+
+def test_revision_0003_backfills_confirmed_holds_and_downgrades_on_postgresql(app, postgres_only):
+    from contextlib import closing, contextmanager
+
+    import psycopg2
+
+    base = app.config["SQLALCHEMY_DATABASE_URI"].replace("postgresql+psycopg2://", "postgresql://")
+    server, name = base.rsplit("/", 1)[0], "flashsale_test_migrations"
+    admin = psycopg2.connect(server + "/postgres")
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute(f"DROP DATABASE IF EXISTS {name}")
+        cursor.execute(f"CREATE DATABASE {name}")
+
+    @contextmanager
+    def connect():
+        with closing(psycopg2.connect(f"{server}/{name}")) as connection:
+            connection.autocommit = True
+            yield connection
+
+    def execute(connection, sql):
+        with connection.cursor() as cursor:
+            cursor.execute(sql.replace("%", "%%"))
+
+    def query(connection, sql):
+        with connection.cursor() as cursor:
+            cursor.execute(sql)
+            return [tuple(row) for row in cursor.fetchall()]
+
+    try:
+        _migrate_with_data(f"{server}/{name}", connect, execute, query)
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()
