@@ -94,7 +94,8 @@ def test_revision_0003_backfills_confirmed_holds_and_downgrades_on_postgresql(ap
     import psycopg2
 
     base = app.config["SQLALCHEMY_DATABASE_URI"].replace("postgresql+psycopg2://", "postgresql://")
-    server, name = base.rsplit("/", 1)[0], "flashsale_test_migrations"
+    server, test_database = base.rsplit("/", 1)
+    name = f"{test_database}_migrations"  # beside the test database, so parallel suites never share it
     admin = psycopg2.connect(server + "/postgres")
     admin.autocommit = True
     with admin.cursor() as cursor:
