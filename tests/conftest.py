@@ -66,9 +66,9 @@ def clean(request):
 def _truncate():
     if db.engine.dialect.name == "postgresql":
         db.session.execute(text(
-            "TRUNCATE inventory_events, orders, products RESTART IDENTITY CASCADE"))
+            "TRUNCATE inventory_events, payments, orders, products RESTART IDENTITY CASCADE"))
     else:
-        for table in ("inventory_events", "orders", "products"):
+        for table in ("inventory_events", "payments", "orders", "products"):
             db.session.execute(text(f"DELETE FROM {table}"))
     db.session.commit()
 
