@@ -168,8 +168,9 @@ def one_round(args, conn, n, procs):
 
 
 def run_burst(args, conn, app, tag, result):
-    """Re-seed ps5-drop (100 units) and fire the burst of distinct buyers at it."""
-    subprocess.run([str(BIN / "flask"), "seed", "ps5-drop"], cwd=ROOT, env=server_env(args),
+    """Start ps5-drop over (100 units, no holds) and fire the burst of distinct buyers at it."""
+    # The burst only holds, so --reset needs no --delete-paid-orders; were ps5 ever paid for, it would refuse.
+    subprocess.run([str(BIN / "flask"), "seed", "ps5-drop", "--reset"], cwd=ROOT, env=server_env(args),
                    check=True, capture_output=True)
     ps5 = fixtures.product_id(conn, "ps5")
     time.sleep(2.5)  # let every web process's 2 s sale-info cache forget the previous round's ps5
