@@ -33,8 +33,8 @@ def seed_command(scenario, list_, reset, delete_paid_orders):
 
     Running it twice changes nothing: a product already in the database keeps its sale window, stock,
     holds, orders and ledger, and any way it differs from the file is reported, not applied. With --reset
-    the scenario's sale starts over (its orders are deleted, and listed); it refuses to delete paid orders
-    unless --delete-paid-orders is given too.
+    the scenario's sale starts over (its holds, orders, payments and ledger are deleted, and counted); it
+    refuses to delete paid orders unless --delete-paid-orders is given too.
     """
     from .seeding import PaidOrdersExist, describe, load_scenario, scenario_names
 
