@@ -2,6 +2,7 @@
 starts a sale over (refusing paid orders unless told), windows are relative to now, and `--list` lists them."""
 
 import shutil
+import threading
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -10,6 +11,7 @@ from sqlalchemy import func, inspect, select, text, update
 
 from flashsale import keys, seeding
 from flashsale.errors import SaleNotOpen, SoldOut
+from flashsale.extensions import db, redis_store
 from flashsale.inventory import holds, soldout
 from flashsale.inventory.audit import audit
 from flashsale.inventory.ledger import transition_hold
@@ -24,6 +26,7 @@ from flashsale.seeding import (
     seed,
     window_text,
 )
+from tests.live_server import wait_until
 
 # Seeded windows are compared with the database clock by some checks: build "now" at run time.
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
@@ -373,3 +376,41 @@ def test_reset_creates_what_is_missing(app, session):
     assert [line.split(",")[0] for line in result.output.splitlines()] == [
         "xbox-series-x: created", "dualsense: created", "pulse-headset: created"]
     assert set(snapshot(session)) == {"xbox-series-x", "dualsense", "pulse-headset"}
+
+
+def blocked_on_a_row_lock(session):
+    """Whether some backend is waiting for a row lock to take its own (the reset's SELECT ... FOR UPDATE)."""
+    waiting = session.execute(text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                   "AND query LIKE '%FOR UPDATE%'")).scalar_one()
+    session.rollback()
+    return waiting > 0
+
+
+@pytest.mark.usefixtures("postgres_only")
+def test_a_confirmation_accepted_while_the_reset_waits_is_refused_not_deleted(app, session, redis, policy):
+    seed(session, redis, load_scenario("ps5-drop"))
+    hold = buy(session, redis, policy, "ps5", "ann@example.com")
+    confirming = db.engine.connect()  # a shopper's confirmation, accepted but not yet committed
+    confirming.execute(update(Order).where(Order.id == hold).values(status=CONFIRMING))
+    outcome = []
+
+    def reset_in_another_thread():
+        with app.app_context():
+            try:
+                outcome.append(reset(db.session, redis_store.client, load_scenario("ps5-drop")))
+            except PaidOrdersExist as refusal:
+                outcome.append(refusal)
+            finally:
+                db.session.remove()
+
+    resetter = threading.Thread(target=reset_in_another_thread)
+    resetter.start()
+    try:
+        wait_until(lambda: blocked_on_a_row_lock(session), 10, message="the reset to wait for the hold's row lock")
+    finally:
+        confirming.commit()
+        confirming.close()
+        resetter.join(30)
+    (refusal,) = outcome
+    assert isinstance(refusal, PaidOrdersExist) and refusal.paid == {"ps5": {CONFIRMING: 1}}
+    assert holds.get_hold(session, hold).status == CONFIRMING
