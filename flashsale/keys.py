@@ -12,6 +12,11 @@ def product_tag(product_id):
     return f"{PREFIX}:{{product:{product_id}}}"
 
 
+def product_pattern(product_id):
+    """A SCAN pattern matching every key of one product (braces are not glob syntax, so no escaping)."""
+    return f"{product_tag(product_id)}:*"
+
+
 def lock(product_id):
     """The per-product hold lock (value: the holder's random token)."""
     return f"{product_tag(product_id)}:lock"

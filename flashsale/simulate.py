@@ -439,7 +439,10 @@ def audit_here(slug, hold_ids):
 @click.option("--settle-seconds", type=float, default=30, show_default=True,
               help="How long to wait for the worker to decide confirmations.")
 @click.option("--wait-expiry", is_flag=True, help="Also wait for abandoned holds to expire.")
-@click.option("--reseed", is_flag=True, help="Seed the scenario first (needs the server's DATABASE_URL).")
+@click.option("--reseed", is_flag=True,
+              help="Start the scenario's sale over first, as `flask seed SCENARIO --reset --delete-paid-orders`: "
+                   "its holds and orders are deleted, paid ones too, since a simulation confirms holds "
+                   "(needs the server's DATABASE_URL; never point it at a live shop).")
 @click.option("--seed", "rng_seed", type=int, help="Random seed for reproducible plans.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @with_appcontext
@@ -479,11 +482,14 @@ def simulate_command(url, scenario, product, buyers, arrival, ramp_seconds, quan
 
 
 def _reseed(loaded):
+    """Start the scenario's sale over, paid orders included: the previous simulation confirmed some."""
     from .extensions import db, redis_store
-    from .seeding import seed
+    from .seeding import reset
 
-    for product in seed(db.session, redis_store.client, loaded):
-        click.echo(f"reseeded {product.slug}: {product.total_stock} units", err=True)
+    report = reset(db.session, redis_store.client, loaded, delete_paid=True)
+    for item in report.products:
+        click.echo(f"reseeded {item.product.slug}: {item.product.total_stock} units (deleted {item.holds} holds, "
+                   f"{item.paid} paid, and {item.payments} payments)", err=True)
     # End the transaction those reads began: on SQLite it holds the writer lock the server needs.
     db.session.remove()
 

@@ -12,12 +12,19 @@ import subprocess
 import sys
 import threading
 import urllib.request
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 import redis as redis_lib
 
+from config import TestConfig
+from flashsale import create_app
 from flashsale.embedded_redis import EmbeddedRedis, find_redis_server
+from flashsale.extensions import db, redis_store
+from flashsale.inventory import catalog, holds
+from flashsale.quickstart import QuickStart, parse_args, seeded_lines
+from flashsale.seeding import load_scenario, seed
 from tests.live_server import ROOT, free_port, wait_until
 
 pytestmark = [
@@ -245,3 +252,34 @@ def _pings(socket):
         return False
     finally:
         client.close()
+
+
+def test_a_restart_seeds_again_without_touching_the_last_runs_orders(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    database = f"sqlite:///{tmp_path / 'flashsale.db'}"
+    quick = QuickStart(parse_args(["--instance", str(tmp_path), "--scenario", "ps5-drop"]))
+    quick.env.update(DATABASE_URL=database, REDIS_URL=TestConfig.REDIS_URL)
+    quick.prepare_database()
+    assert "seeded ps5-drop: ps5 created" in capsys.readouterr().out
+
+    app = create_app(TestConfig, SQLALCHEMY_DATABASE_URI=database, REDIS_URL=TestConfig.REDIS_URL)
+    with app.app_context():
+        catalog.forget()
+        hold = holds.place_hold(db.session, redis_store.client, "ps5", "ann@example.com").hold.id
+        db.session.remove()
+    quick.prepare_database()  # the next `python3 dev.py run` on the same instance
+    assert "seeded ps5-drop: ps5 already there, left as is\n" in capsys.readouterr().out
+    with app.app_context():
+        assert holds.get_hold(db.session, hold).status == "PENDING"
+        # Once the sale has ended, the line says how to start it over (and an ended-sale never does).
+        later = datetime.now(timezone.utc) + timedelta(hours=2)
+        seeded = seed(db.session, redis_store.client, load_scenario("ps5-drop"))
+        assert "`flask --app app seed ps5-drop --reset` starts it over" in seeded_lines(
+            load_scenario("ps5-drop"), seeded, now=later)[0]
+        ended = load_scenario("ended-sale")
+        seed(db.session, redis_store.client, ended)
+        assert seeded_lines(ended, seed(db.session, redis_store.client, ended)) == [
+            "seeded ended-sale: steam-deck already there, left as is"]
+        db.session.remove()
+        db.engine.dispose()
+    catalog.forget()

@@ -1,15 +1,32 @@
-"""Scenarios in seeds/: `flask seed` loads them idempotently, with windows relative to now, and lists them."""
+"""Scenarios in seeds/: `flask seed` creates what is missing and never changes what is there, `--reset`
+starts a sale over (refusing paid orders unless told), windows are relative to now, and `--list` lists them."""
 
+import shutil
+import threading
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import func, select
+import yaml
+from sqlalchemy import func, inspect, select, text, update
 
-from flashsale.errors import SaleNotOpen
-from flashsale.inventory import holds
+from flashsale import keys, seeding
+from flashsale.errors import SaleNotOpen, SoldOut
+from flashsale.extensions import db, redis_store
+from flashsale.inventory import holds, soldout
 from flashsale.inventory.audit import audit
-from flashsale.models import InventoryEvent, Order, Product
-from flashsale.seeding import describe, load_scenario, parse_duration, scenario_names, seed, window_text
+from flashsale.inventory.ledger import transition_hold
+from flashsale.models import CAPTURED, CONFIRMED, CONFIRMING, STARTED, InventoryEvent, Order, Payment, Product
+from flashsale.seeding import (
+    PaidOrdersExist,
+    describe,
+    load_scenario,
+    parse_duration,
+    reset,
+    scenario_names,
+    seed,
+    window_text,
+)
+from tests.live_server import wait_until
 
 # Seeded windows are compared with the database clock by some checks: build "now" at run time.
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
@@ -35,29 +52,6 @@ def test_every_required_scenario_is_there_and_loads():
         if scenario.crowd:
             slugs = {p["slug"] for p in scenario.products}
             assert scenario.crowd["product"] in slugs
-
-
-def test_seeding_twice_gives_the_same_data(session, redis):
-    for name in ("ps5-drop", "multi-drop"):
-        seed(session, redis, load_scenario(name), now=NOW)
-    first = snapshot(session)
-    for name in ("ps5-drop", "multi-drop"):
-        seed(session, redis, load_scenario(name), now=NOW)
-    assert snapshot(session) == first
-    assert len(first) == 4
-
-
-def test_a_reseed_starts_the_sale_over(session, redis, policy):
-    seed(session, redis, load_scenario("ps5-drop"))
-    holds.place_hold(session, redis, "ps5", "early@example.com", 1, policy)
-    assert count(session, Order) == 1
-    product_id = snapshot(session)["ps5"][0]
-
-    seed(session, redis, load_scenario("ps5-drop"))
-    assert count(session, Order) == 0 and count(session, InventoryEvent) == 0
-    assert snapshot(session)["ps5"][0] == product_id  # same row, so links to it stay valid
-    assert audit(session) == []
-    holds.place_hold(session, redis, "ps5", "early@example.com", 1, policy)  # the limit starts over too
 
 
 def test_ps5_drop_is_the_contract_scenario(session, redis):
@@ -98,12 +92,30 @@ def test_windows_are_described_in_words():
     assert window_text("-30m", "1h") == "live for 30m more"
 
 
-def test_an_unknown_scenario_names_the_known_ones(app):
-    result = app.test_cli_runner().invoke(args=["seed", "black-friday"])
-    assert result.exit_code != 0
-    assert "no scenario 'black-friday'" in result.output and "ps5-drop" in result.output
+@pytest.mark.parametrize("extra", [[], ["--reset"], ["--reset", "--delete-paid-orders"]])
+def test_an_unknown_scenario_names_the_known_ones(app, extra):
+    for name in ("black-friday", "../config", "PS5-DROP"):
+        result = app.test_cli_runner().invoke(args=["seed", name, *extra])
+        assert result.exit_code != 0
+        assert f"no scenario '{name}'" in result.output and "ps5-drop" in result.output
     with pytest.raises(LookupError):
         load_scenario("../config")
+
+
+def test_the_flags_that_need_another_are_refused(app):
+    alone = app.test_cli_runner().invoke(args=["seed", "ps5-drop", "--delete-paid-orders"])
+    assert alone.exit_code == 2 and "--delete-paid-orders only goes with --reset" in alone.output
+    nameless = app.test_cli_runner().invoke(args=["seed", "--reset"])
+    assert nameless.exit_code == 2 and "--reset needs a SCENARIO" in nameless.output
+
+
+def test_the_help_describes_both_forms(app):
+    result = app.test_cli_runner().invoke(args=["seed", "--help"])
+    assert result.exit_code == 0
+    help_text = " ".join(result.output.split())
+    assert "Running it twice changes nothing" in help_text
+    assert "--reset" in help_text and "Start the scenario's sale over" in help_text
+    assert "--delete-paid-orders" in help_text
 
 
 def test_the_list_describes_products_stock_windows_and_crowds(app):
@@ -118,8 +130,287 @@ def test_the_list_describes_products_stock_windows_and_crowds(app):
     assert describe(load_scenario("ps5-drop")) in result.output
 
 
-def test_the_seed_command_loads_a_scenario(app, ctx, session):
-    result = app.test_cli_runner().invoke(args=["seed", "low-stock"])
-    assert result.exit_code == 0, result.output
-    assert "seeded gold-edition: 3 units" in result.output
+
+
+# --- seeding twice, resetting --------------------------------------------------------------------------
+
+def database_dump(session):
+    """Every row of every table, all columns, in primary-key order.
+
+    On PostgreSQL each row also carries its version's ctid and xmin: an UPDATE that writes the very same
+    values still makes a new row version, and would show here.
+    """
+    session.rollback()  # on SQLite an open transaction holds the writer lock the inspector's connection needs
+    engine = session.get_bind()
+    inspector = inspect(engine)
+    tables = {table: inspector.get_pk_constraint(table)["constrained_columns"]
+              for table in inspector.get_table_names()}
+    versions = "ctid::text, xmin::text, " if engine.dialect.name == "postgresql" else ""
+    dump = {}
+    for table, key in tables.items():
+        order = ", ".join(f'"{column}"' for column in key) or "1"
+        dump[table] = session.execute(text(f'SELECT {versions}* FROM "{table}" ORDER BY {order}')).all()
+    session.rollback()
+    return dump
+
+
+def redis_dump(redis, pattern="*"):
+    """Every Redis key matching pattern: its serialised value and whether it has a TTL."""
+    return {key: (redis.dump(key), redis.pttl(key) >= 0) for key in sorted(redis.scan_iter(match=pattern))}
+
+
+def without_product(dump, product_id):
+    """A database dump without one product's rows: its own, its orders', its ledger's, its payments'."""
+    theirs = {row.id for row in dump["orders"] if row.product_id == product_id}
+    return {table: [row for row in rows
+                    if not (table == "products" and row.id == product_id
+                            or table in ("orders", "inventory_events") and row.product_id == product_id
+                            or table == "payments" and row.order_id in theirs)]
+            for table, rows in dump.items()}
+
+
+def product_id(session, slug):
+    found = session.execute(select(Product.id).where(Product.slug == slug)).scalar_one()
+    session.rollback()
+    return found
+
+
+def pay(session, hold_id, status):
+    """Give a hold its payment and move it to CONFIRMED (captured) or CONFIRMING (under way)."""
+    now = datetime.now(timezone.utc)
+    if status == CONFIRMED:
+        assert transition_hold(session, hold_id, CONFIRMED, still_live=True)
+    else:
+        session.execute(update(Order).where(Order.id == hold_id)
+                        .values(status=CONFIRMING, confirmation_requested_at=now))
+    session.add(Payment(order_id=hold_id, amount_cents=100, idempotency_key=f"pay-{hold_id}",
+                        state=CAPTURED if status == CONFIRMED else STARTED, created_at=now, attempted_at=now))
+    session.commit()
+    return f"pay-{hold_id}"
+
+
+def buy(session, redis, policy, slug, email, quantity=1):
+    hold_id = holds.place_hold(session, redis, slug, email, quantity, policy).hold.id
+    session.rollback()  # reading the id began a transaction: end it, as a request would
+    return hold_id
+
+
+def a_sale_in_progress(session, redis, policy):
+    """Four scenarios seeded; ps5 and gold-edition with holds of every kind, payments, marks and a line."""
+    for name in ("ps5-drop", "low-stock", "multi-drop", "ended-sale"):
+        seed(session, redis, load_scenario(name), now=NOW)
+    ps5 = [buy(session, redis, policy, "ps5", f"ps5-{n}@example.com") for n in range(5)]
+    keys_ = [pay(session, ps5[0], CONFIRMED), pay(session, ps5[1], CONFIRMED), pay(session, ps5[2], CONFIRMING)]
+    holds.release_hold(session, redis, ps5[3])
+    gold = [buy(session, redis, policy, "gold-edition", f"gold-{n}@example.com") for n in range(3)]
+    pay(session, gold[0], CONFIRMED)
+    with pytest.raises(SoldOut):  # the fourth buyer finds it sold out, which marks it
+        buy(session, redis, policy, "gold-edition", "late@example.com")
+    assert soldout.is_marked(redis, product_id(session, "gold-edition"))
+    ps5_id = product_id(session, "ps5")
+    redis.set(keys.sold_out(ps5_id), "1")
+    redis.rpush(keys.lock_line(ps5_id), "a buyer waiting in line")
+    redis.lpush(keys.line_reply(ps5_id, "ticket-1"), "an answer nobody picked up")
+    redis.set(keys.lock(ps5_id), "a live holder's token")
+    redis.lpush(keys.lock_wake(ps5_id), "1")
+    for key in redis.scan_iter():
+        redis.persist(key)  # nothing may lapse between two dumps and pass for a change
+    return ps5, keys_
+
+
+def test_seeding_twice_changes_not_one_byte(app, session, redis, policy):
+    a_sale_in_progress(session, redis, policy)
+    before, marks = database_dump(session), redis_dump(redis)
+    assert len(before["orders"]) == 8 and len(before["payments"]) == 4
+    assert any(b"sold_out" in key for key in marks) and any(b"stock_gen" in key for key in marks)
+
+    for name in ("ps5-drop", "low-stock", "multi-drop", "ended-sale"):
+        result = app.test_cli_runner().invoke(args=["seed", name])
+        assert result.exit_code == 0, result.output
+        assert "created" not in result.output and "differs" not in result.output
+        assert result.output.count("already there, left as is") == len(load_scenario(name).products)
+    assert database_dump(session) == before
+    assert redis_dump(redis) == marks
+    seed(session, redis, load_scenario("ps5-drop"))  # later, by the domain call itself
+    assert database_dump(session) == before and redis_dump(redis) == marks
+
+
+def test_the_second_seed_says_left_as_is(app, session, redis):
+    first = app.test_cli_runner().invoke(args=["seed", "low-stock"])
+    assert first.exit_code == 0, first.output
+    assert first.output.startswith("gold-edition: created, 3 units, on sale ")
+    second = app.test_cli_runner().invoke(args=["seed", "low-stock"])
+    assert second.exit_code == 0, second.output
+    assert second.output.startswith("gold-edition: already there, left as is (3 units, on sale ")
     assert snapshot(session)["gold-edition"][3] == 3
+
+
+def test_seed_creates_only_what_is_missing(session, redis, make_product):
+    make_product(slug="dualsense", total_stock=7)
+    done = seed(session, redis, load_scenario("multi-drop"), now=NOW)
+    assert [(p.slug, p.created) for p in done] == [("xbox-series-x", True), ("dualsense", False),
+                                                  ("pulse-headset", True)]
+    products = snapshot(session)
+    assert products["dualsense"][3] == 7  # left as it was, differences and all
+    assert products["xbox-series-x"][3:] == (50, 1, NOW, NOW + timedelta(hours=1))
+    assert {d.field for d in done[1].differences} == {"name", "description", "price_cents", "total_stock",
+                                                      "max_per_customer"}
+
+
+def edited_scenario(tmp_path, monkeypatch, name, **changes):
+    """A copy of seeds/ where one scenario's first product has other values, as if edited by hand."""
+    shutil.copytree(seeding.SEEDS_DIR, tmp_path / "seeds")
+    path = tmp_path / "seeds" / f"{name}.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["products"][0].update(changes)
+    path.write_text(yaml.safe_dump(data))
+    monkeypatch.setattr(seeding, "SEEDS_DIR", tmp_path / "seeds")
+
+
+def test_a_product_edited_in_the_file_is_reported_not_applied(app, session, redis, policy, tmp_path,
+                                                              monkeypatch):
+    seed(session, redis, load_scenario("ps5-drop"), now=NOW)
+    buy(session, redis, policy, "ps5", "ann@example.com")
+    before = database_dump(session)
+    edited_scenario(tmp_path, monkeypatch, "ps5-drop", total_stock=150, price_cents=39999, duration="2h")
+
+    result = app.test_cli_runner().invoke(args=["seed", "ps5-drop"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("ps5: already there, left as is (100 units")
+    assert lines[1:4] == [
+        "  differs from seeds/ps5-drop.yaml: price_cents 49999 in the database, 39999 in the file",
+        "  differs from seeds/ps5-drop.yaml: total_stock 100 in the database, 150 in the file",
+        "  differs from seeds/ps5-drop.yaml: duration '1h' in the database, '2h' in the file",
+    ]
+    assert "not applied: `flask seed ps5-drop --reset` applies the file" in lines[4]
+    assert database_dump(session) == before
+
+    applied = app.test_cli_runner().invoke(args=["seed", "ps5-drop", "--reset"])
+    assert applied.exit_code == 0, applied.output
+    assert "ps5: started over, 150 units" in applied.output and "deleted 1 holds (0 paid)" in applied.output
+    _, _, price, stock, _, starts, ends = snapshot(session)["ps5"]
+    assert (price, stock, ends - starts) == (39999, 150, timedelta(hours=2))
+    assert seed(session, redis, load_scenario("ps5-drop"))[0].differences == ()
+
+
+def test_reset_starts_the_sale_over_and_drops_only_that_scenarios_rows(session, redis, policy):
+    ps5_holds, payment_keys = a_sale_in_progress(session, redis, policy)
+    ps5 = product_id(session, "ps5")
+    others = without_product(database_dump(session), ps5)
+    other_marks = {key: value for key, value in redis_dump(redis).items() if f"product:{ps5}}}".encode() not in key}
+    generation = int(soldout.generation(redis, ps5))
+    later = datetime.now(timezone.utc)  # NOW, the first seeding, is whole seconds: this is not
+
+    report = reset(session, redis, load_scenario("ps5-drop"), now=later, delete_paid=True)
+
+    (done,) = report.products
+    assert (done.product.slug, done.product.created) == ("ps5", False)
+    assert (done.holds, done.paid, done.payments, done.events) == (5, 3, 3, 5 + 2 + 1)
+    assert sorted(report.payment_keys) == sorted(payment_keys) and report.redis_error is None
+    assert count(session, Order) == 3 and count(session, Payment) == 1  # gold-edition's
+    assert session.execute(select(func.count()).select_from(InventoryEvent)
+                           .where(InventoryEvent.product_id == ps5)).scalar_one() == 0
+    product = session.get(Product, ps5)
+    assert (product.confirmed_units, product.sale_starts_at, product.sale_ends_at) == (
+        0, later, later + timedelta(hours=1)) and later != NOW
+    session.rollback()
+    # Every other product's rows are exactly as they were, the ps5 row only changed where reset says.
+    assert without_product(database_dump(session), ps5) == others
+    # Redis: the mark, line and reply are gone, the generation moved on, the live holder keeps its lock.
+    assert done.redis_keys == 3
+    assert not soldout.is_marked(redis, ps5) and not redis.exists(keys.lock_line(ps5))
+    assert not redis.exists(keys.line_reply(ps5, "ticket-1"))
+    assert int(soldout.generation(redis, ps5)) == generation + 1
+    assert redis.get(keys.lock(ps5)) == b"a live holder's token" and redis.exists(keys.lock_wake(ps5))
+    assert {key: value for key, value in redis_dump(redis).items()
+            if f"product:{ps5}}}".encode() not in key} == other_marks
+    assert audit(session) == []
+    redis.delete(keys.lock(ps5))  # the holder finishes; then the sale takes buyers again, the same ones too
+    holds.place_hold(session, redis, "ps5", "ps5-0@example.com", 1, policy)
+
+
+def test_reset_refuses_paid_orders_unless_told(app, session, redis, policy):
+    seed(session, redis, load_scenario("ps5-drop"), now=NOW)
+    seed(session, redis, load_scenario("low-stock"), now=NOW)
+    ps5 = [buy(session, redis, policy, "ps5", f"b{n}@example.com") for n in range(3)]
+    pay(session, ps5[0], CONFIRMING)  # a payment under way is money that may be moving
+    before = database_dump(session)
+
+    with pytest.raises(PaidOrdersExist) as refusal:
+        reset(session, redis, load_scenario("ps5-drop"))
+    assert refusal.value.paid == {"ps5": {CONFIRMING: 1}}
+    assert database_dump(session) == before
+
+    pay(session, ps5[1], CONFIRMED)
+    before = database_dump(session)
+    result = app.test_cli_runner().invoke(args=["seed", "ps5-drop", "--reset"])
+    assert result.exit_code == 1
+    assert "refusing to reset ps5-drop: it has paid orders (ps5: 1 CONFIRMED, 1 CONFIRMING)" in result.output
+    assert "Nothing was deleted. Add --delete-paid-orders" in result.output
+    assert database_dump(session) == before
+
+    told = app.test_cli_runner().invoke(args=["seed", "ps5-drop", "--reset", "--delete-paid-orders"])
+    assert told.exit_code == 0, told.output
+    assert "ps5: started over, 100 units" in told.output
+    assert "deleted 3 holds (2 paid), 2 payments, 4 ledger events, 0 Redis keys" in told.output
+    assert "payment idempotency keys deleted (2; the gateway" in told.output
+    assert f"  pay-{ps5[0]}" in told.output and f"  pay-{ps5[1]}" in told.output
+    assert count(session, Order) == 0 and snapshot(session)["gold-edition"][3] == 3
+
+
+def test_reset_without_paid_orders_needs_no_second_flag(app, session, redis, policy):
+    seed(session, redis, load_scenario("ps5-drop"))
+    holds.release_hold(session, redis, buy(session, redis, policy, "ps5", "gone@example.com"))
+    buy(session, redis, policy, "ps5", "held@example.com")
+    result = app.test_cli_runner().invoke(args=["seed", "ps5-drop", "--reset"])
+    assert result.exit_code == 0, result.output
+    assert "deleted 2 holds (0 paid), 0 payments, 3 ledger events" in result.output
+    assert "payment idempotency keys" not in result.output
+    assert count(session, Order) == 0 and audit(session) == []
+
+
+def test_reset_creates_what_is_missing(app, session):
+    result = app.test_cli_runner().invoke(args=["seed", "multi-drop", "--reset"])
+    assert result.exit_code == 0, result.output
+    assert [line.split(",")[0] for line in result.output.splitlines()] == [
+        "xbox-series-x: created", "dualsense: created", "pulse-headset: created"]
+    assert set(snapshot(session)) == {"xbox-series-x", "dualsense", "pulse-headset"}
+
+
+def blocked_on_a_row_lock(session):
+    """Whether some backend is waiting for a row lock to take its own (the reset's SELECT ... FOR UPDATE)."""
+    waiting = session.execute(text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                   "AND query LIKE '%FOR UPDATE%'")).scalar_one()
+    session.rollback()
+    return waiting > 0
+
+
+@pytest.mark.usefixtures("postgres_only")
+def test_a_confirmation_accepted_while_the_reset_waits_is_refused_not_deleted(app, session, redis, policy):
+    seed(session, redis, load_scenario("ps5-drop"))
+    hold = buy(session, redis, policy, "ps5", "ann@example.com")
+    confirming = db.engine.connect()  # a shopper's confirmation, accepted but not yet committed
+    confirming.execute(update(Order).where(Order.id == hold).values(status=CONFIRMING))
+    outcome = []
+
+    def reset_in_another_thread():
+        with app.app_context():
+            try:
+                outcome.append(reset(db.session, redis_store.client, load_scenario("ps5-drop")))
+            except PaidOrdersExist as refusal:
+                outcome.append(refusal)
+            finally:
+                db.session.remove()
+
+    resetter = threading.Thread(target=reset_in_another_thread)
+    resetter.start()
+    try:
+        wait_until(lambda: blocked_on_a_row_lock(session), 10, message="the reset to wait for the hold's row lock")
+    finally:
+        confirming.commit()
+        confirming.close()
+        resetter.join(30)
+    (refusal,) = outcome
+    assert isinstance(refusal, PaidOrdersExist) and refusal.paid == {"ps5": {CONFIRMING: 1}}
+    assert holds.get_hold(session, hold).status == CONFIRMING

@@ -291,3 +291,21 @@ def test_the_command_line_skips_the_audit_without_the_servers_database(live, mak
     assert re.search(r"answers +sold_out 25 · won 5", done.stdout)
     assert re.search(r"audit +skipped: no database access", done.stdout)
     assert "OK: nothing oversold" in done.stdout
+
+
+@pytest.mark.usefixtures("postgres_only")
+def test_reseed_starts_the_sale_over_though_the_last_simulation_was_paid_for(app, live):
+    args = ["simulate", "--url", live.url, "--scenario", "low-stock", "--reseed", "--buyers", "20",
+            "--retry-share", "1", "--seed", "3", "--json"]
+    first = app.test_cli_runner().invoke(args=args)
+    assert first.exit_code == 0, first.output
+    assert json.loads(first.stdout)["outcomes"]["confirmed"] == 3  # every winner pays: all three units sold
+
+    second = app.test_cli_runner().invoke(args=args)
+    assert second.exit_code == 0, second.output
+    assert re.search(r"reseeded gold-edition: 3 units \(deleted 3 holds, 3 paid, and \d+ payments\)", second.stderr)
+    report = json.loads(second.stdout)
+    assert report["stock"]["available_before"] == 3 and report["outcomes"]["confirmed"] == 3
+    with app.app_context():
+        assert db.session.execute(select(func.count()).select_from(Order)).scalar_one() == report["holds_won"]
+        db.session.remove()
