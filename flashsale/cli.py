@@ -87,6 +87,7 @@ def _seed(scenario):
 
 def _reset(scenario, delete_paid):
     """`flask seed SCENARIO --reset`: say what was deleted, product by product."""
+    from .gateways import forget_demo_charges
     from .seeding import reset
 
     report = reset(db.session, redis_store.client, scenario, delete_paid=delete_paid)
@@ -98,7 +99,10 @@ def _reset(scenario, delete_paid):
         click.echo(f"{product.slug}: started over, {_window(product)}; deleted {item.holds} holds "
                    f"({item.paid} paid), {item.payments} payments, {item.events} ledger events, "
                    f"{item.redis_keys} Redis keys")
-    if report.payment_keys:
+    if report.payment_keys and forget_demo_charges(current_app.config, redis_store.client,
+                                                   report.payment_keys):
+        click.echo(f"the fake gateway forgot the {len(report.payment_keys)} charges of the deleted payments")
+    elif report.payment_keys:
         click.echo(f"payment idempotency keys deleted ({len(report.payment_keys)}; the gateway may still hold "
                    f"charges under them):")
         for key in report.payment_keys:

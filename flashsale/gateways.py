@@ -133,6 +133,17 @@ class FakeGateway:
         found = zip(stored, pipe.execute(), strict=True)
         return [_charge(k.removeprefix(prefix), values) for k, values in found if values[0]]
 
+    def forget(self, idempotency_keys):
+        """Drop the charges made with these keys (a demo sale reset with its paid orders deleted); a real
+        provider keeps them, and their refunds are the shop's business."""
+        charge_keys = [keys.fake_gateway_charge(key) for key in idempotency_keys]
+        if charge_keys:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.delete(*charge_keys)
+            pipe.srem(keys.fake_gateway_index(), *charge_keys)
+            pipe.execute()
+        return len(charge_keys)
+
     def _store(self, key, status, amount_cents, reference):
         values = self._record(keys=[keys.fake_gateway_charge(key), keys.fake_gateway_index()],
                               args=[f"fake_ch_{secrets.token_hex(8)}", status, amount_cents, reference])
@@ -162,3 +173,13 @@ def gateway_from_config(config, redis):
         raise ValueError(f"unknown PAYMENT_GATEWAY {name!r}")
     return FakeGateway(redis, config["FAKE_PAYMENT_REFUSE"], config["FAKE_PAYMENT_DELAY_MS"],
                        config.get("FAKE_PAYMENT_FAULT") or None)
+
+
+def forget_demo_charges(config, redis, payment_keys):
+    """With the fake gateway, drop its charges for deleted payments; True when it did. A real gateway
+    keeps its charges: a shop that deletes paid orders settles them there."""
+    gateway = gateway_from_config(config, redis)
+    if not hasattr(gateway, "forget"):
+        return False
+    gateway.forget(payment_keys)
+    return True

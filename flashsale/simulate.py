@@ -391,9 +391,8 @@ async def settle(url, results, wait_for_expiry, deadline_s, concurrency=64):
 
 def audit_here(slug, hold_ids):
     """Run the audit in-process when this app's database is the server's, else say why not."""
-    from sqlalchemy import func, select
-
     from flask import current_app
+    from sqlalchemy import func, select
 
     from .extensions import db, redis_store
     from .gateways import gateway_from_config
@@ -483,10 +482,14 @@ def simulate_command(url, scenario, product, buyers, arrival, ramp_seconds, quan
 
 def _reseed(loaded):
     """Start the scenario's sale over, paid orders included: the previous simulation confirmed some."""
+    from flask import current_app
+
     from .extensions import db, redis_store
+    from .gateways import forget_demo_charges
     from .seeding import reset
 
     report = reset(db.session, redis_store.client, loaded, delete_paid=True)
+    forget_demo_charges(current_app.config, redis_store.client, report.payment_keys)
     for item in report.products:
         click.echo(f"reseeded {item.product.slug}: {item.product.total_stock} units (deleted {item.holds} holds, "
                    f"{item.paid} paid, and {item.payments} payments)", err=True)

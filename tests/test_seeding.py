@@ -12,10 +12,12 @@ from sqlalchemy import func, inspect, select, text, update
 from flashsale import keys, seeding
 from flashsale.errors import SaleNotOpen, SoldOut
 from flashsale.extensions import db, redis_store
+from flashsale.gateways import FakeGateway
 from flashsale.inventory import holds, soldout
 from flashsale.inventory.audit import audit
-from flashsale.inventory.ledger import transition_hold
-from flashsale.models import CAPTURED, CONFIRMED, CONFIRMING, STARTED, InventoryEvent, Order, Payment, Product
+from flashsale.inventory.confirmation import accept_confirmation, payment_key
+from flashsale.inventory.payments import take_payment
+from flashsale.models import CONFIRMED, CONFIRMING, InventoryEvent, Order, Payment, Product
 from flashsale.seeding import (
     PaidOrdersExist,
     describe,
@@ -175,18 +177,12 @@ def product_id(session, slug):
     return found
 
 
-def pay(session, hold_id, status):
-    """Give a hold its payment and move it to CONFIRMED (captured) or CONFIRMING (under way)."""
-    now = datetime.now(timezone.utc)
+def pay(session, redis, hold_id, status):
+    """Confirm a hold as the shop does: CONFIRMING (accepted, payment under way) or CONFIRMED (paid)."""
+    accept_confirmation(session, hold_id)
     if status == CONFIRMED:
-        assert transition_hold(session, hold_id, CONFIRMED, still_live=True)
-    else:
-        session.execute(update(Order).where(Order.id == hold_id)
-                        .values(status=CONFIRMING, confirmation_requested_at=now))
-    session.add(Payment(order_id=hold_id, amount_cents=100, idempotency_key=f"pay-{hold_id}",
-                        state=CAPTURED if status == CONFIRMED else STARTED, created_at=now, attempted_at=now))
-    session.commit()
-    return f"pay-{hold_id}"
+        assert take_payment(session, redis, hold_id, FakeGateway(redis)).status == CONFIRMED
+    return payment_key(hold_id)
 
 
 def buy(session, redis, policy, slug, email, quantity=1):
@@ -200,10 +196,11 @@ def a_sale_in_progress(session, redis, policy):
     for name in ("ps5-drop", "low-stock", "multi-drop", "ended-sale"):
         seed(session, redis, load_scenario(name), now=NOW)
     ps5 = [buy(session, redis, policy, "ps5", f"ps5-{n}@example.com") for n in range(5)]
-    keys_ = [pay(session, ps5[0], CONFIRMED), pay(session, ps5[1], CONFIRMED), pay(session, ps5[2], CONFIRMING)]
+    keys_ = [pay(session, redis, ps5[0], CONFIRMED), pay(session, redis, ps5[1], CONFIRMED),
+             pay(session, redis, ps5[2], CONFIRMING)]
     holds.release_hold(session, redis, ps5[3])
     gold = [buy(session, redis, policy, "gold-edition", f"gold-{n}@example.com") for n in range(3)]
-    pay(session, gold[0], CONFIRMED)
+    pay(session, redis, gold[0], CONFIRMED)
     with pytest.raises(SoldOut):  # the fourth buyer finds it sold out, which marks it
         buy(session, redis, policy, "gold-edition", "late@example.com")
     assert soldout.is_marked(redis, product_id(session, "gold-edition"))
@@ -306,7 +303,8 @@ def test_reset_starts_the_sale_over_and_drops_only_that_scenarios_rows(session, 
 
     (done,) = report.products
     assert (done.product.slug, done.product.created) == ("ps5", False)
-    assert (done.holds, done.paid, done.payments, done.events) == (5, 3, 3, 5 + 2 + 1)
+    # Events: 5 created, 3 accepted, 2 confirmed, 1 released.
+    assert (done.holds, done.paid, done.payments, done.events) == (5, 3, 3, 5 + 3 + 2 + 1)
     assert sorted(report.payment_keys) == sorted(payment_keys) and report.redis_error is None
     assert count(session, Order) == 3 and count(session, Payment) == 1  # gold-edition's
     assert session.execute(select(func.count()).select_from(InventoryEvent)
@@ -334,7 +332,7 @@ def test_reset_refuses_paid_orders_unless_told(app, session, redis, policy):
     seed(session, redis, load_scenario("ps5-drop"), now=NOW)
     seed(session, redis, load_scenario("low-stock"), now=NOW)
     ps5 = [buy(session, redis, policy, "ps5", f"b{n}@example.com") for n in range(3)]
-    pay(session, ps5[0], CONFIRMING)  # a payment under way is money that may be moving
+    pay(session, redis, ps5[0], CONFIRMING)  # a payment under way is money that may be moving
     before = database_dump(session)
 
     with pytest.raises(PaidOrdersExist) as refusal:
@@ -342,7 +340,7 @@ def test_reset_refuses_paid_orders_unless_told(app, session, redis, policy):
     assert refusal.value.paid == {"ps5": {CONFIRMING: 1}}
     assert database_dump(session) == before
 
-    pay(session, ps5[1], CONFIRMED)
+    pay(session, redis, ps5[1], CONFIRMED)
     before = database_dump(session)
     result = app.test_cli_runner().invoke(args=["seed", "ps5-drop", "--reset"])
     assert result.exit_code == 1
@@ -350,12 +348,15 @@ def test_reset_refuses_paid_orders_unless_told(app, session, redis, policy):
     assert "Nothing was deleted. Add --delete-paid-orders" in result.output
     assert database_dump(session) == before
 
+    gateway = FakeGateway(redis)
     told = app.test_cli_runner().invoke(args=["seed", "ps5-drop", "--reset", "--delete-paid-orders"])
     assert told.exit_code == 0, told.output
     assert "ps5: started over, 100 units" in told.output
-    assert "deleted 3 holds (2 paid), 2 payments, 4 ledger events, 0 Redis keys" in told.output
-    assert "payment idempotency keys deleted (2; the gateway" in told.output
-    assert f"  pay-{ps5[0]}" in told.output and f"  pay-{ps5[1]}" in told.output
+    assert "deleted 3 holds (2 paid), 2 payments, 6 ledger events, 0 Redis keys" in told.output
+    # The demo's fake gateway forgets those charges with them (a real one keeps its own records).
+    assert "the fake gateway forgot the 2 charges of the deleted payments" in told.output
+    assert gateway.find(payment_key(ps5[1])) is None and gateway.charges() == []
+    assert audit(session, gateway) == []
     assert count(session, Order) == 0 and snapshot(session)["gold-edition"][3] == 3
 
 
