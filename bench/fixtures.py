@@ -61,26 +61,37 @@ def fund_baseline(conn, product_id, units):
 
 
 def add_sold_history(conn, product_id, units):
-    """Bulk-insert `units` confirmed one-unit orders (with both their ledger events) for a product.
+    """Bulk-insert `units` confirmed one-unit orders (with their ledger events and captured payments).
 
     The sale's history: what a big sale leaves behind after it has sold `units` units. Orders were
-    held an hour ago and confirmed a minute later, so the audit's checks hold for them.
+    held an hour ago, accepted and paid a minute later, so the audit's checks hold for them. Their
+    payments are marked as history (charge_ref "backfilled-...", like the ones migration 0003 backfills):
+    the fake gateway holds no charge for them, and the audit does not look for one.
     """
     with conn.cursor() as cur:
         cur.execute(
             """INSERT INTO orders (id, product_id, customer_email, quantity, status, hold_expires_at,
-                   created_at, confirmed_at)
+                   created_at, confirmation_requested_at, confirmed_at)
                SELECT 'hist-' || %(pid)s || '-' || g, %(pid)s, 'sold' || g || '@history.example', 1,
                    'CONFIRMED', now() - interval '58 minutes', now() - interval '60 minutes',
-                   now() - interval '59 minutes'
+                   now() - interval '59 minutes', now() - interval '59 minutes'
                FROM generate_series(1, %(units)s) g""",
             {"pid": product_id, "units": units},
         )
         cur.execute(
             """INSERT INTO inventory_events (product_id, order_id, type, delta, metadata, created_at)
                SELECT o.product_id, o.id, t.type, t.delta, '{}', o.created_at
-               FROM orders o CROSS JOIN (VALUES ('HOLD_CREATED', -1), ('CONFIRMED', 0)) t(type, delta)
-               WHERE o.product_id = %(pid)s""",
+               FROM orders o CROSS JOIN (VALUES (1, 'HOLD_CREATED', -1), (2, 'CONFIRMING', 0),
+                                                (3, 'CONFIRMED', 0)) t(n, type, delta)
+               WHERE o.product_id = %(pid)s ORDER BY o.id, t.n""",
+            {"pid": product_id},
+        )
+        cur.execute(
+            """INSERT INTO payments (order_id, amount_cents, idempotency_key, state, charge_ref, attempts,
+                   created_at, attempted_at, settled_at)
+               SELECT o.id, 100, 'flashsale-hold-' || o.id, 'captured', 'backfilled-' || o.id, 1,
+                   o.confirmation_requested_at, o.confirmation_requested_at, o.confirmed_at
+               FROM orders o WHERE o.product_id = %(pid)s""",
             {"pid": product_id},
         )
         # Orders confirmed behind the app's back need their counter moved too (the audit checks it).
@@ -88,6 +99,7 @@ def add_sold_history(conn, product_id, units):
                     "WHERE id = %(pid)s", {"pid": product_id, "units": units})
         cur.execute("ANALYZE orders")
         cur.execute("ANALYZE inventory_events")
+        cur.execute("ANALYZE payments")
 
 
 def count_holds(conn, product_id):

@@ -136,5 +136,7 @@ def payment_job_id(hold_id):
 
 def enqueue_payment(queue, hold_id):
     """Enqueue take_payment for a hold whose confirmation was just accepted."""
+    # No result is kept (result_ttl=0): the payments table is the record, and each write RQ skips is
+    # a Redis round trip less per confirmation on the worker's one dequeuing thread.
     return queue.enqueue(take_payment, hold_id, job_id=payment_job_id(hold_id),
-                         result_ttl=300, failure_ttl=3600)
+                         result_ttl=0, failure_ttl=3600)
