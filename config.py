@@ -60,6 +60,11 @@ class Config:
     RATELIMIT_HOLD_PER_EMAIL = os.environ.get("RATELIMIT_HOLD_PER_EMAIL", "5/second;30/minute")
     TRUSTED_PROXIES = _int("TRUSTED_PROXIES", 0)
 
+    # Waiting rooms (products with waiting_room on): shoppers admitted per second unless the product
+    # sets its own admission_rate, and how long an admission stays valid for placing the hold.
+    WAITING_ROOM_RATE = _int("WAITING_ROOM_RATE", 50)
+    WAITING_ROOM_ADMISSION_SECONDS = _int("WAITING_ROOM_ADMISSION_SECONDS", 90)
+
     ADMIN_TOKEN = os.environ.get("ADMIN_TOKEN") or None
     PAYMENT_GATEWAY = os.environ.get("PAYMENT_GATEWAY", "fake")
     # One payment attempt's lease: an attempt that has not settled by then (its worker died, the

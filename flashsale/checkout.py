@@ -6,24 +6,41 @@ and shape their answer after.
 """
 
 import time
+from dataclasses import dataclass
 
 from flask import current_app
+from redis.exceptions import RedisError
+from sqlalchemy.exc import OperationalError
 
 from . import metrics
-from .errors import FlashsaleError
+from .errors import FlashsaleError, NoWaitingRoom, Unavailable
 from .extensions import db, redis_store
-from .inventory import confirmation, holds
+from .inventory import catalog, confirmation, holds
+from .inventory.validation import normalise_email, validate_hold_request, validate_idempotency_key
+from .inventory.waiting_room import ticket_product, waiting_room_from_config
 from .jobs import enqueue_payment, schedule_expiries
 
 
-def place_hold(product_ref, email, quantity, idempotency_key=None):
-    """Place a hold, schedule its expiry and record the outcome; refusals are recorded, then raised."""
+def place_hold(product_ref, email, quantity, idempotency_key=None, admission=None):
+    """Place a hold, schedule its expiry and record the outcome; refusals are recorded, then raised.
+
+    On a waiting-room product the hold needs the shopper's admission, which it uses up (given back if
+    the request changed nothing and may be retried: a 503).
+    """
     started = time.perf_counter()
     policy = holds.HoldPolicy.from_config(current_app.config)
     redis = redis_store.client
     try:
-        placed = holds.place_hold(db.session, redis, product_ref, email, quantity, policy,
-                                  idempotency_key, on_committed=schedule_expiry)
+        admitted = _use_admission(product_ref, email, quantity, idempotency_key, admission)
+        if admitted and admitted.replay is not None:
+            return admitted.replay
+        try:
+            placed = holds.place_hold(db.session, redis, product_ref, email, quantity, policy,
+                                      idempotency_key, on_committed=schedule_expiry)
+        except (Unavailable, RedisError, OperationalError):
+            if admitted:
+                _give_back(admitted)
+            raise
     except FlashsaleError as refusal:
         metrics.record_outcome(redis, outcome_name(refusal),
                                latency_ms=(time.perf_counter() - started) * 1000)
@@ -33,6 +50,52 @@ def place_hold(product_ref, email, quantity, idempotency_key=None):
                                latency_ms=(time.perf_counter() - started) * 1000,
                                lock_wait_ms=placed.lock_wait_ms)
     return placed
+
+
+@dataclass(frozen=True)
+class _Admitted:
+    sale: object
+    admission: str
+    replay: object = None
+
+
+def _use_admission(product_ref, email, quantity, idempotency_key, admission):
+    """For a waiting-room product: a replay of a hold already made, or the admission used up; else None."""
+    session = db.session
+    sale = catalog.sale_info(session, product_ref)
+    if not sale.waiting_room:
+        return None
+    email, quantity = validate_hold_request(email, quantity, current_app.config["MAX_QUANTITY"])
+    if idempotency_key:
+        # A retry of a hold this admission already made: the same hold, though the admission is used.
+        replay = holds.replay_of(session, sale.id, email, quantity, validate_idempotency_key(idempotency_key))
+        if replay is not None:
+            return _Admitted(sale, admission, holds.PlacedHold(replay, created=False))
+    waiting_room_from_config(redis_store.client, current_app.config).use_admission(sale, email, admission)
+    return _Admitted(sale, admission)
+
+
+def _give_back(admitted):
+    try:
+        waiting_room_from_config(redis_store.client, current_app.config).give_back(admitted.sale, admitted.admission)
+    except RedisError:
+        current_app.logger.warning("could not give an admission back after a failed hold")
+
+
+def join_line(product_ref, email):
+    """Join a waiting-room product's line (once per email); NoWaitingRoom for any other product."""
+    sale = catalog.sale_info(db.session, product_ref)
+    if not sale.waiting_room:
+        raise NoWaitingRoom()
+    db.session.rollback()
+    return waiting_room_from_config(redis_store.client, current_app.config).join(sale, normalise_email(email))
+
+
+def view_ticket(ticket_id):
+    """A ticket as of now (the front of its line admitted first)."""
+    sale = catalog.sale_info(db.session, str(ticket_product(ticket_id)))
+    db.session.rollback()
+    return waiting_room_from_config(redis_store.client, current_app.config).view(sale, ticket_id)
 
 
 def confirm_hold(hold_id):

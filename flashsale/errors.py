@@ -64,6 +64,17 @@ class IdempotencyMismatch(FlashsaleError):
     message = "This Idempotency-Key was already used with a different request."
 
 
+class NotAdmitted(FlashsaleError):
+    """A waiting-room product's hold without a valid admission (missing, forged, expired, used, not yours)."""
+
+    code, status = "not_admitted", 403
+    message = "This sale has a waiting room: join the line and wait for your turn."
+
+
+class NoWaitingRoom(FlashsaleError):
+    code, status, message = "no_waiting_room", 409, "This product has no waiting room: buy directly."
+
+
 class RateLimited(FlashsaleError):
     code, status, message = "rate_limited", 429, "Too many requests; slow down."
 

@@ -65,3 +65,39 @@ def fake_gateway_charge(idempotency_key):
 def fake_gateway_index():
     """Every idempotency key the fake gateway has seen (a set), so the audit can list its charges."""
     return f"{PREFIX}:fakegateway:keys"
+
+
+def waiting_line(product_id):
+    """The waiting room's line: a sorted set of ticket ids, front first (score: place in line)."""
+    return f"{product_tag(product_id)}:wr:line"
+
+
+def waiting_tickets(product_id):
+    """Every ticket of the product's waiting room: ticket id -> its facts (a hash of JSON)."""
+    return f"{product_tag(product_id)}:wr:tickets"
+
+
+def waiting_emails(product_id):
+    """One place per email: email -> ticket id."""
+    return f"{product_tag(product_id)}:wr:emails"
+
+
+def waiting_state(product_id):
+    """The line's state (a hash): arrival counter, admission token bucket, admitted count, closed."""
+    return f"{product_tag(product_id)}:wr:state"
+
+
+def waiting_admitted(product_id):
+    """Admitted tickets: ticket id -> "admitted_at expires_at" (a hash)."""
+    return f"{product_tag(product_id)}:wr:admitted"
+
+
+def waiting_unused(product_id):
+    """Admissions not used yet, by expiry (a sorted set): the expired ones were abandoned."""
+    return f"{product_tag(product_id)}:wr:unused"
+
+
+def waiting_times(product_id):
+    """Recent waits from joining (or the opening) to admission, in seconds (a bounded list)."""
+    return f"{product_tag(product_id)}:wr:waits"
+

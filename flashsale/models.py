@@ -5,6 +5,7 @@ from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     CheckConstraint,
     DateTime,
     ForeignKey,
@@ -14,6 +15,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     func,
     text,
 )
@@ -85,6 +87,7 @@ class Product(db.Model):
         CheckConstraint("max_per_customer >= 1", name="max_per_customer_positive"),
         CheckConstraint("sale_ends_at > sale_starts_at", name="sale_window_ordered"),
         CheckConstraint("confirmed_units >= 0", name="confirmed_units_not_negative"),
+        CheckConstraint("admission_rate IS NULL OR admission_rate >= 1", name="admission_rate_positive"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -100,6 +103,10 @@ class Product(db.Model):
     # Units of CONFIRMED orders, moved only by the confirming transaction (ledger.transition_hold) and
     # checked against the orders by `flask audit`: derived stock reads it instead of summing history.
     confirmed_units: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Opt-in waiting room (design section 10): buyers join a line and are admitted in order,
+    # admission_rate shoppers per second (None: WAITING_ROOM_RATE from the configuration).
+    waiting_room: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    admission_rate: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class Order(db.Model):

@@ -41,14 +41,14 @@ def init_app(app):
 
 
 def add_security_headers(response):
-    """Set the headers a browser enforces; hold answers (they carry tokens) are never cached."""
+    """Set the headers a browser enforces; hold and ticket answers (they carry tokens) are never cached."""
     response.headers.setdefault("Content-Security-Policy",
                                 current_app.config["CONTENT_SECURITY_POLICY"])
     for name, value in HEADERS.items():
         response.headers.setdefault(name, value)
     if request.is_secure:
         response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
-    if request.method != "GET" or "/holds" in request.path:
+    if request.method != "GET" or "/holds" in request.path or "/queue" in request.path:
         response.headers.setdefault("Cache-Control", "no-store")
     return response
 

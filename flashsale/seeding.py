@@ -62,7 +62,9 @@ def describe(scenario):
     for spec in scenario.products:
         lines.append(f"{'':<16}   {spec['slug']}: {spec['name']}, {int(spec['total_stock']):,} units at "
                      f"{int(spec['price_cents']) / 100:,.2f}, {spec.get('max_per_customer', 1)} per customer, "
-                     f"{window_text(spec.get('starts_in', 0), spec.get('duration', '1h'))}")
+                     f"{window_text(spec.get('starts_in', 0), spec.get('duration', '1h'))}"
+                     + (f", waiting room (admits {spec['admission_rate']}/s)" if spec.get("waiting_room")
+                        and spec.get("admission_rate") else ", waiting room" if spec.get("waiting_room") else ""))
     crowd = scenario.crowd
     if crowd:
         arrival = crowd.get("arrival", "burst")
@@ -102,7 +104,8 @@ def _span(delta):
 
 # Holds whose money has moved or may be moving: a reset deletes them only when told in so many words.
 PAID = (CONFIRMED, CONFIRMING)
-COMPARED = ("name", "description", "price_cents", "total_stock", "max_per_customer")
+COMPARED = ("name", "description", "price_cents", "total_stock", "max_per_customer", "waiting_room",
+            "admission_rate")
 
 
 @dataclass(frozen=True)
@@ -173,6 +176,8 @@ def product_fields(spec, now):
         "max_per_customer": int(spec.get("max_per_customer", 1)),
         "sale_starts_at": starts,
         "sale_ends_at": starts + parse_duration(spec.get("duration", "1h")),
+        "waiting_room": bool(spec.get("waiting_room", False)),
+        "admission_rate": int(spec["admission_rate"]) if spec.get("admission_rate") else None,
     }
 
 

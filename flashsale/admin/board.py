@@ -1,14 +1,17 @@
 """What the dashboard shows: Redis metrics, stock and hold outcomes per product, payments, the queue,
 recent holds."""
 
+from flask import current_app
 from sqlalchemy import and_, func, or_, select
 
 from .. import metrics
 from ..api.serialise import iso
 from ..extensions import db, redis_store
+from ..inventory import catalog
 from ..inventory.audit import mask_email
 from ..inventory.clock import db_now, now_expression
 from ..inventory.stock import stock_levels
+from ..inventory.waiting_room import waiting_room_from_config
 from ..models import CONFIRMED, CONFIRMING, EXPIRED, PENDING, RELEASED, Order, Product
 
 RECENT_HOLDS = 10
@@ -24,6 +27,7 @@ def snapshot():
     products = session.execute(select(Product).order_by(Product.id)).scalars().all()
     board["products"] = [product_row(p, levels[p.id], outcomes.get(p.id)) for p in products]
     board["payments"] = payment_stats(session)
+    board["waiting_rooms"] = waiting_room_rows(redis, [p for p in products if p.waiting_room])
     metrics.sample_gauges(redis, {p.id: levels[p.id].available for p in products},
                           board["hold_latency_ms"], board["lock_wait_ms"], board["payment_latency_ms"])
     board["gauges"] = metrics.gauge_series(redis)
@@ -44,6 +48,20 @@ def product_row(product, level, outcome):
         "holds": holds_made, "confirmed_holds": confirmed_holds,
         "conversion_rate": round(confirmed_holds / holds_made, 4) if holds_made else None,
     }
+
+
+def waiting_room_rows(redis, products):
+    """Per waiting-room product: line length, admissions and their rate, wait percentiles, abandonment."""
+    room = waiting_room_from_config(redis, current_app.config)
+    rows = []
+    for product in products:
+        stats = room.stats(catalog.SaleInfo(product.id, product.slug, product.total_stock,
+                                            product.max_per_customer, product.sale_starts_at,
+                                            product.sale_ends_at, True, product.admission_rate))
+        waits = stats.pop("waits_s")
+        rows.append({"slug": product.slug, "name": product.name, **stats,
+                     "wait_s": metrics.percentiles(waits)})
+    return rows
 
 
 def payment_stats(session):

@@ -12,7 +12,7 @@ from ..inventory.clock import db_now
 from ..inventory.stock import stock_levels
 from ..models import Product
 from ..ratelimits import hold_limits
-from .serialise import hold_json, product_json
+from .serialise import hold_json, product_json, ticket_json
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 HOLD_FIELDS = {"email", "quantity"}
@@ -46,8 +46,26 @@ def create_hold(ref):
     if unknown:
         raise InvalidInput({name: "Unknown field." for name in sorted(unknown)})
     placed = checkout.place_hold(ref, body.get("email"), body.get("quantity", 1),
-                                 request.headers.get("Idempotency-Key"))
+                                 request.headers.get("Idempotency-Key"), request.headers.get("Admission"))
     return jsonify(hold_json(placed.hold)), 201 if placed.created else 200
+
+
+@bp.post("/products/<ref>/queue")
+@hold_limits
+def join_queue(ref):
+    """Join a waiting-room product's line: 201 a new ticket, 200 the email's ticket; 409 no_waiting_room."""
+    body = json_body()
+    unknown = set(body) - {"email"}
+    if unknown:
+        raise InvalidInput({name: "Unknown field." for name in sorted(unknown)})
+    ticket = checkout.join_line(ref, body.get("email"))
+    return jsonify(ticket_json(ticket)), 201 if ticket.created else 200
+
+
+@bp.get("/queue/<ticket_id>")
+def get_ticket(ticket_id):
+    """A ticket as of now: position and wait while waiting, the admission once admitted."""
+    return jsonify(ticket_json(checkout.view_ticket(ticket_id)))
 
 
 @bp.get("/holds/<hold_id>")

@@ -22,6 +22,7 @@ def product_json(product, level, now):
         "sale_starts_at": iso(product.sale_starts_at),
         "sale_ends_at": iso(product.sale_ends_at),
         "state": sale_state(product, level.available, now),
+        "waiting_room": bool(product.waiting_room),
     }
 
 
@@ -37,4 +38,22 @@ def hold_json(order):
         "created_at": iso(order.created_at),
         "confirmation_requested_at": iso(order.confirmation_requested_at),
         "confirmed_at": iso(order.confirmed_at),
+    }
+
+
+def ticket_json(ticket):
+    """A waiting-room ticket (design section 10), with the line's size and when to ask again."""
+    return {
+        "id": ticket.id,
+        "product_id": ticket.product_id,
+        "email": ticket.email,
+        "state": ticket.state,
+        "position": ticket.position,
+        "estimated_wait_seconds": ticket.estimated_wait_seconds,
+        "admission": ticket.admission,
+        "admission_expires_at": iso(ticket.admission_expires_at),
+        "line_length": ticket.line_length,
+        "admitted": ticket.admitted_total,
+        "admission_rate": ticket.rate,
+        "poll_seconds": ticket.poll_seconds,
     }

@@ -27,6 +27,8 @@ class SaleInfo:
     max_per_customer: int
     sale_starts_at: datetime
     sale_ends_at: datetime
+    waiting_room: bool = False
+    admission_rate: int | None = None
 
 
 def product_filter(ref):
@@ -62,6 +64,8 @@ def sale_info(session, ref):
         product.max_per_customer,
         product.sale_starts_at,
         product.sale_ends_at,
+        bool(product.waiting_room),
+        product.admission_rate,
     )
     expires = time.monotonic() + CACHE_SECONDS
     _cache[ref] = _cache[str(product.id)] = _cache[product.slug] = (expires, info)

@@ -321,6 +321,12 @@ def _check_sale_window(starts, ends, now):
         raise refusal
 
 
+def replay_of(session, product_id, email, quantity, key):
+    """The hold an Idempotency-Key already made for this request, or None; another body raises
+    IdempotencyMismatch (email and quantity already validated)."""
+    return _replay(session, key, request_digest(product_id, email, quantity))
+
+
 def _replay(session, key, digest):
     """The hold an Idempotency-Key already made, if its request matched; mismatch raises."""
     order = session.execute(

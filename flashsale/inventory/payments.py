@@ -34,6 +34,7 @@ from ..models import (
 from . import soldout
 from .clock import db_now, is_postgresql, now_expression
 from .ledger import transition_hold
+from .waiting_room import close_line_when_sold
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,7 @@ def settle(session, redis, hold_id, charge, gateway):
         latency = _confirmation_latency(session, hold_id) if won else None
         session.commit()
         if won:
+            close_line_when_sold(session, redis, won[0])
             return Settled(CONFIRMED, "confirmed", latency)
         status = _status(session, hold_id)
         if status == CONFIRMED:

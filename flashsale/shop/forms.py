@@ -24,6 +24,7 @@ class HoldForm(FlaskForm):
         InputRequired("Choose how many you want."),
         NumberRange(min=1, message="At least one.")])
     idempotency_key = HiddenField()
+    admission = HiddenField()  # a waiting-room product's signed admission (checked by the domain)
 
     def __init__(self, *args, max_quantity=1, **kwargs):
         super().__init__(*args, **kwargs)
@@ -45,6 +46,20 @@ class HoldForm(FlaskForm):
         """Give this rendering its own idempotency key."""
         self.idempotency_key.data = new_idempotency_key()
         return self
+
+
+class JoinForm(FlaskForm):
+    """Join a waiting-room product's line: just the email."""
+
+    email = EmailField("Email", validators=[
+        InputRequired("An email address is required."), Length(max=MAX_EMAIL_LENGTH)])
+
+    def validate_email(self, field):
+        """The same email rules as the API."""
+        try:
+            normalise_email(field.data)
+        except InvalidInput as error:
+            raise ValidationError(error.fields["email"]) from None
 
 
 class HoldActionForm(FlaskForm):

@@ -34,6 +34,12 @@ def refusal_message(refusal):
         return "This hold was released, so it can no longer be confirmed."
     if refusal.code == "hold_confirmed":
         return "This hold is already confirmed, so it cannot be released."
+    if refusal.code == "not_admitted":
+        return ("This sale has a waiting room: join the line below and buy when it is your turn. "
+                + ("Your turn passed: an admission lasts a short while." if refusal.details.get("expired")
+                   else ""))
+    if refusal.code == "no_waiting_room":
+        return "This sale has no waiting room: buy directly."
     if refusal.code == "payment_in_progress":
         return "Your confirmation was accepted and the payment is in progress, so it can no longer be released."
     return refusal.message

@@ -5,6 +5,8 @@ static/js only poll the small JSON endpoints here to keep numbers and countdowns
 the domain become the same page with a flash message and the contract's status code (design section 6).
 """
 
+from datetime import datetime, timezone
+
 from flask import Blueprint, abort, current_app, flash, jsonify, redirect, render_template, url_for
 from sqlalchemy import select
 
@@ -25,7 +27,7 @@ from ..inventory.stock import sale_state, stock_levels
 from ..models import CONFIRMING, Product
 from ..ratelimits import hold_limits
 from . import presenting
-from .forms import HoldActionForm, HoldForm
+from .forms import HoldActionForm, HoldForm, JoinForm
 
 bp = Blueprint("shop", __name__)
 
@@ -72,7 +74,7 @@ def buy(ref):
         return render_product(found, form, 422)
     try:
         placed = checkout.place_hold(found.slug, form.email.data, form.quantity.data,
-                                     form.idempotency_key.data or None)
+                                     form.idempotency_key.data or None, form.admission.data or None)
     except InvalidInput as invalid:
         for name, problem in invalid.fields.items():
             target = getattr(form, name, None) if name in ("email", "quantity") else None
@@ -82,10 +84,46 @@ def buy(ref):
         flash(presenting.refusal_message(refusal), "error")
         if refusal.code == "idempotency_mismatch":
             form.fresh_key()
+        if refusal.code == "not_admitted":
+            return render_product(found, HoldForm(max_quantity=max_quantity(found)).fresh_key(), refusal.status)
         return with_retry_after(render_product(found, form, refusal.status), refusal)
     if not placed.created:
         flash("You already placed this hold; here it is.", "info")
     return redirect(url_for("shop.hold", token=placed.hold.id), 303)
+
+
+@bp.post("/products/<ref>/queue")
+@hold_limits
+def join(ref):
+    """Join a waiting-room product's line from its page, then go to the waiting page."""
+    found = catalog.find_product(db.session, ref)
+    form = JoinForm()
+    if not form.validate_on_submit():
+        return render_product(found, HoldForm(max_quantity=max_quantity(found)).fresh_key(), 422,
+                              join_form=form)
+    try:
+        ticket = checkout.join_line(found.slug, form.email.data)
+    except FlashsaleError as refusal:
+        flash(presenting.refusal_message(refusal), "error")
+        return with_retry_after(render_product(found, HoldForm(max_quantity=max_quantity(found)).fresh_key(),
+                                               refusal.status), refusal)
+    if not ticket.created:
+        flash("You are already in this line; here is your place.", "info")
+    return redirect(url_for("shop.waiting", ticket_id=ticket.id), 303)
+
+
+@bp.get("/queue/<ticket_id>")
+def waiting(ticket_id):
+    """The waiting page: position, wait and progress; the buy form once it is the shopper's turn."""
+    ticket = checkout.view_ticket(ticket_id)
+    found = db.session.get(Product, ticket.product_id)
+    form = None
+    if ticket.state == "admitted":
+        form = HoldForm(max_quantity=max_quantity(found)).fresh_key()
+        form.email.data, form.admission.data = ticket.email, ticket.admission
+    page = render_template("shop/waiting.html", ticket=ticket, product=found, form=form,
+                           now=datetime.now(timezone.utc), max_quantity=max_quantity(found))
+    return page
 
 
 @bp.get("/holds/<token>")
@@ -158,14 +196,16 @@ def max_quantity(product):
     return max(1, min(product.max_per_customer, current_app.config["MAX_QUANTITY"]))
 
 
-def render_product(product, form, status=200):
-    """The product page with its current stock, state and the given form."""
+def render_product(product, form, status=200, join_form=None):
+    """The product page with its current stock, state and the given form (a waiting-room product
+    shows the form to join its line instead of the buy form)."""
     session = db.session
     level = stock_levels(session, [product.id])[product.id]
     now = db_now(session)
     state = sale_state(product, level.available, now)
     page = render_template("shop/product.html", product=product, level=level, state=state, form=form,
-                           now=now, max_quantity=form.max_quantity)
+                           now=now, max_quantity=form.max_quantity,
+                           join_form=join_form or (JoinForm() if product.waiting_room else None))
     return page, status
 
 

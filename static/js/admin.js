@@ -90,6 +90,20 @@
       row.appendChild(rate);
       return row;
     }));
+    var rooms = root.querySelector("[data-rooms]");
+    root.querySelector("[data-rooms-section]").hidden = board.waiting_rooms.length === 0;
+    rooms.replaceChildren.apply(rooms, board.waiting_rooms.map(function (r) {
+      var row = document.createElement("tr");
+      row.setAttribute("data-room-row", r.slug);
+      row.appendChild(cell("th", r.name, "row"));
+      var dash = function (v) { return v == null ? "–" : String(v); };
+      [String(r.line_length), String(r.admitted), r.rate + "/s", r.admitted_per_s_10s + "/s",
+       dash(r.wait_s.p50) + " / " + dash(r.wait_s.p95) + " / " + dash(r.wait_s.p99),
+       String(r.abandoned), percent(r.abandonment), r.closed || "open"].forEach(function (v) {
+        row.appendChild(cell("td", v));
+      });
+      return row;
+    }));
     var recent = root.querySelector("[data-recent]");
     recent.replaceChildren.apply(recent, board.recent_holds.map(function (h) {
       var row = document.createElement("tr");
