@@ -16,6 +16,7 @@ from . import metrics
 from .errors import FlashsaleError, NoWaitingRoom, Unavailable
 from .extensions import db, redis_store
 from .inventory import catalog, confirmation, holds
+from .inventory.stock import recently_available
 from .inventory.validation import normalise_email, validate_hold_request, validate_idempotency_key
 from .inventory.waiting_room import ticket_product, waiting_room_from_config
 from .jobs import enqueue_payment, schedule_expiries
@@ -87,15 +88,18 @@ def join_line(product_ref, email):
     sale = catalog.sale_info(db.session, product_ref)
     if not sale.waiting_room:
         raise NoWaitingRoom()
+    email = normalise_email(email)
+    available = recently_available(db.session, sale.id)
     db.session.rollback()
-    return waiting_room_from_config(redis_store.client, current_app.config).join(sale, normalise_email(email))
+    return waiting_room_from_config(redis_store.client, current_app.config).join(sale, email, available)
 
 
 def view_ticket(ticket_id):
     """A ticket as of now (the front of its line admitted first)."""
     sale = catalog.sale_info(db.session, str(ticket_product(ticket_id)))
+    available = recently_available(db.session, sale.id)
     db.session.rollback()
-    return waiting_room_from_config(redis_store.client, current_app.config).view(sale, ticket_id)
+    return waiting_room_from_config(redis_store.client, current_app.config).view(sale, ticket_id, available)
 
 
 def confirm_hold(hold_id):

@@ -302,3 +302,16 @@ def test_the_dashboard_shows_each_line_its_rate_waits_and_abandonment(client, re
     assert row["wait_s"]["p50"] is not None
     page = client.get("/admin/").get_data(as_text=True)
     assert 'data-room-row="drop"' in page and "Waiting rooms" in page
+
+
+def test_no_more_shoppers_hold_a_turn_than_there_are_units_to_buy(room, redis, line_product):
+    sale = line_product(total_stock=3)
+    tickets = [room.join(sale, f"s{i}@x.io", available=3) for i in range(6)]
+    give_tokens(redis, sale, 6)
+    views = [room.view(sale, t.id, available=3) for t in tickets]
+    assert [v.state for v in views] == ["admitted"] * 3 + ["waiting"] * 3
+    room.use_admission(sale, "s0@x.io", views[0].admission)  # s0 holds a unit: 2 left, 2 turns out
+    give_tokens(redis, sale, 6)
+    assert room.view(sale, tickets[3].id, available=2).state == "waiting"
+    redis.zadd(keys.waiting_unused(sale.id), {tickets[1].id: 1.0})  # s1's turn lapsed unused
+    assert room.view(sale, tickets[3].id, available=2).state == "admitted"  # its unit goes to the next

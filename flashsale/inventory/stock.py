@@ -8,6 +8,7 @@ That rule is written once, here, as SQLAlchemy expressions; the raw SQL of the h
 (placement.READ_SALE) is rendered from the same expressions (`rule_sql`), and the audit uses them too.
 """
 
+import time
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -102,3 +103,22 @@ def sale_state(product, available, now):
     if now >= product.sale_ends_at:
         return "ended"
     return "sold_out" if available <= 0 else "live"
+
+
+_recent = {}  # product id -> (read at, available): a waiting room's polls share one read
+
+
+def recently_available(session, product_id, max_age=0.5):
+    """Units available now, read at most every max_age seconds per process (the waiting room asks on
+    every poll; a read half a second old can only admit a few shoppers too many, who hear sold_out)."""
+    hit = _recent.get(product_id)
+    if hit and time.monotonic() - hit[0] < max_age:
+        return hit[1]
+    available = stock_levels(session, [product_id])[product_id].available
+    _recent[product_id] = (time.monotonic(), available)
+    return available
+
+
+def forget_recent():
+    """Drop the recent availability reads (between tests)."""
+    _recent.clear()

@@ -38,9 +38,11 @@ WAITS_KEPT = 2000  # recent waits kept for the dashboard's percentiles
 # [8] the product's sold-out mark. ARGV[1] 'join' or 'view', [2] ticket id (new one for a join),
 # [3] email (join), [4] sale opens (epoch s), [5] sale ends, [6] admissions per second, [7] bucket
 # capacity, [8] admission lifetime (s), [9] random score in [0, 1) for a join before the opening,
-# [10] waits kept. Returns {ticket facts JSON or false, "admitted_at expires_at" or false, 0-based rank
-# or false, closed reason or false, line length, admitted so far, now, 1 if this call made the ticket,
-# the ticket id (for a join by an email already in line: its first ticket)}.
+# [10] waits kept, [11] units available right now (derived stock, -1: unknown), which admissions
+# outstanding (admitted, not used, not expired) may not exceed.
+# Returns {ticket facts JSON or false, "admitted_at expires_at" or false, 0-based rank or false,
+# closed reason or false, line length, admitted so far, now, 1 if this call made the ticket, the
+# ticket id (for a join by an email already in line: its first ticket)}.
 LINE_SCRIPT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -73,6 +75,11 @@ if not closed and now >= starts and now < ends then
   if tokens < 0 then tokens = 0 end
   tokens = math.max(tokens, math.min(cap, tokens + math.max(0, now - last) * rate))
   local n = math.floor(tokens)
+  local available = tonumber(ARGV[11])
+  if available >= 0 then
+    -- Never more shoppers holding a turn than units left to buy: the rest wait for a unit to come back.
+    n = math.min(n, available - redis.call('ZCOUNT', KEYS[6], now, '+inf'))
+  end
   if n > 0 and redis.call('EXISTS', KEYS[8]) == 0 then
     local popped = redis.call('ZPOPMIN', KEYS[1], n)
     for i = 1, #popped, 2 do
@@ -151,17 +158,21 @@ class WaitingRoom:
         """Admissions per second for this sale: the shop's, or the configured default."""
         return sale.admission_rate or self.default_rate
 
-    def join(self, sale, email):
-        """The ticket for `email` in the sale's line: a new place (created=True) or the one it has."""
-        return self._call(sale, "join", f"t{sale.id}-{secrets.token_urlsafe(18)}", email)
+    def join(self, sale, email, available=None):
+        """The ticket for `email` in the sale's line: a new place (created=True) or the one it has.
 
-    def view(self, sale, ticket_id):
+        available: the sale's units available now (derived stock); admissions outstanding never
+        exceed it. None: no such cap (tests that hand out tokens themselves).
+        """
+        return self._call(sale, "join", f"t{sale.id}-{secrets.token_urlsafe(18)}", email, available)
+
+    def view(self, sale, ticket_id, available=None):
         """The ticket as of now (admitting the front of the line first), or NotFound."""
         if ticket_product(ticket_id) != sale.id:
             raise NotFound("No such ticket.")
-        return self._call(sale, "view", ticket_id, "")
+        return self._call(sale, "view", ticket_id, "", available)
 
-    def _call(self, sale, mode, ticket_id, email):
+    def _call(self, sale, mode, ticket_id, email, available):
         rate = self.rate(sale)
         facts, admitted, rank, closed, length, admitted_total, now, created, ticket_id = self._script(
             keys=[keys.waiting_line(sale.id), keys.waiting_tickets(sale.id), keys.waiting_emails(sale.id),
@@ -169,7 +180,7 @@ class WaitingRoom:
                   keys.waiting_times(sale.id), keys.sold_out(sale.id)],
             args=[mode, ticket_id, email, sale.sale_starts_at.timestamp(), sale.sale_ends_at.timestamp(),
                   rate, max(1, 2 * rate), self.admission_seconds,
-                  secrets.randbits(52) / 2**52, WAITS_KEPT])
+                  secrets.randbits(52) / 2**52, WAITS_KEPT, -1 if available is None else available])
         if not facts:
             raise NotFound("No such ticket.")
         facts, now, ticket_id = json.loads(facts), float(now), ticket_id.decode()

@@ -1,0 +1,126 @@
+"""The waiting room through the real web servers and a worker (PostgreSQL, Redis, RQ).
+
+20,000 shoppers join a 1,000-unit drop and each one behaves like a browser tab: it polls at the pace
+its ticket suggests, buys (hold, then confirm) when admitted, and stops at a definite answer. And the
+line lives in Redis: web processes restarted mid-line lose nobody's place.
+"""
+
+import asyncio
+import time
+from datetime import datetime, timedelta, timezone
+
+import aiohttp
+import pytest
+from sqlalchemy import func, select, update
+
+from config import TestConfig
+from flashsale import keys
+from flashsale.extensions import db
+from flashsale.models import Order, Product
+from tests.faults import DATABASE_URL, assert_audit_passes, call
+from tests.live_server import LiveServer, stop_process, wait_until
+
+pytestmark = pytest.mark.usefixtures("postgres_only")
+
+SHOPPERS, UNITS, RATE = 20_000, 1_000, 250
+
+
+def open_line(app, make_product, slug, total_stock, rate, opens_in):
+    pid = make_product(slug=slug, total_stock=total_stock, starts_in=opens_in)
+    with app.app_context():
+        db.session.execute(update(Product).where(Product.id == pid).values(waiting_room=True, admission_rate=rate))
+        db.session.commit()
+        db.session.remove()
+    return pid
+
+
+async def crowd(url, slug, shoppers, deadline_s=240):
+    """Every shopper joins, polls until a definite answer, and buys when admitted; their outcomes."""
+    outcomes, gate = {}, asyncio.Semaphore(256)
+    connector = aiohttp.TCPConnector(limit=256)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as http:
+        async def request(method, path, **kwargs):
+            for _ in range(20):  # 503 and dropped connections are retried after Retry-After, as a tab would
+                async with gate:
+                    try:
+                        async with http.request(method, url + path, **kwargs) as response:
+                            body = await response.json(content_type=None)
+                            if response.status != 503:
+                                return response.status, body
+                    except (aiohttp.ClientError, TimeoutError):
+                        pass
+                await asyncio.sleep(1)
+            return 0, {}
+
+        async def shopper(i):
+            email = f"q{i}@x.io"
+            status, ticket = await request("POST", f"/api/products/{slug}/queue", json={"email": email})
+            assert status == 201, (status, ticket)
+            started = time.monotonic()
+            while ticket["state"] == "waiting" and time.monotonic() - started < deadline_s:
+                await asyncio.sleep(ticket["poll_seconds"])
+                status, ticket = await request("GET", f"/api/queue/{ticket['id']}")
+                assert status == 200, (status, ticket)
+            outcome = {"ticket": ticket["id"], "state": ticket["state"]}
+            if ticket["state"] == "admitted":
+                status, held = await request("POST", f"/api/products/{slug}/holds", json={"email": email},
+                                             headers={"Admission": ticket["admission"],
+                                                      "Idempotency-Key": f"buy-{i}"})
+                outcome["hold"] = (status, held.get("error", {}).get("code"))
+                if status == 201:
+                    outcome["confirm"] = (await request("POST", f"/api/holds/{held['id']}/confirm"))[0]
+            outcomes[i] = outcome
+
+        await asyncio.gather(*(shopper(i) for i in range(shoppers)))
+    return outcomes
+
+
+def test_twenty_thousand_shoppers_join_a_thousand_unit_drop(app, make_product, redis):
+    pid = open_line(app, make_product, "launch", UNITS, RATE, opens_in=timedelta(seconds=4))
+    with LiveServer(DATABASE_URL, TestConfig.REDIS_URL, workers=2, threads=16, with_worker=True,
+                    HOLD_SECONDS=120, SWEEP_SECONDS=1) as server:
+        began = time.monotonic()
+        outcomes = asyncio.run(crowd(server.url, "launch", SHOPPERS))
+        took = time.monotonic() - began
+        wait_until(lambda: redis.hget(keys.waiting_state(pid), "closed") == b"sold_out", 30,
+                   message="the line closed once every unit was confirmed")
+    states = {}
+    for outcome in outcomes.values():
+        states[outcome["state"]] = states.get(outcome["state"], 0) + 1
+    holds = [o for o in outcomes.values() if o.get("hold", (0,))[0] == 201]
+    admitted_times = sorted(float(v.split()[0]) for v in redis.hvals(keys.waiting_admitted(pid)))
+    first_thousand = admitted_times[:UNITS]
+    measured = (len(first_thousand) - 1) / (first_thousand[-1] - first_thousand[0])
+    print(f"\n{SHOPPERS} shoppers in {took:.1f} s: {states}; {len(holds)} holds; admission rate {measured:.0f}/s "
+          f"(set {RATE}/s)")
+    # Every shopper ended with a definite answer: admitted (and then a hold or a clear refusal) or sold out.
+    assert set(states) <= {"admitted", "sold_out"} and sum(states.values()) == SHOPPERS
+    assert len(holds) == UNITS and states["admitted"] >= UNITS
+    assert all(o["confirm"] == 202 for o in holds)
+    assert all(o["hold"][1] == "sold_out" for o in outcomes.values() if o.get("hold") and o["hold"][0] != 201)
+    assert abs(measured - RATE) / RATE < 0.25  # admitted at the rate the shop set
+    with app.app_context():
+        assert db.session.execute(select(func.count()).select_from(Order)
+                                  .where(Order.product_id == pid)).scalar_one() == UNITS
+        db.session.remove()
+    assert_audit_passes(app)  # no oversell, one outcome per hold, money follows each
+
+
+def test_web_processes_restarted_mid_line_lose_no_place(app, make_product):
+    open_line(app, make_product, "steady", 10, 1, opens_in=timedelta(hours=1))
+    server = LiveServer(DATABASE_URL, TestConfig.REDIS_URL, workers=2, threads=8).start()
+    try:
+        tickets = [call(f"{server.url}/api/products/steady/queue", "POST", {"email": f"r{i}@x.io"}).body
+                   for i in range(50)]
+        before = {t["id"]: call(f"{server.url}/api/queue/{t['id']}").body["position"] for t in tickets}
+        assert sorted(before.values()) == list(range(1, 51))
+        stop_process(server.web)  # every web process goes away, then new ones start
+        server.start()
+        after = {t["id"]: call(f"{server.url}/api/queue/{t['id']}").body["position"] for t in tickets}
+        assert after == before
+        rejoined = call(f"{server.url}/api/products/steady/queue", "POST", {"email": "r7@x.io"})
+        assert rejoined.status == 200 and rejoined.body["id"] == tickets[7]["id"]
+        assert datetime.now(timezone.utc) < datetime.fromisoformat(
+            call(f"{server.url}/api/products/steady").body["sale_starts_at"].replace("Z", "+00:00"))
+    finally:
+        server.stop()
