@@ -23,6 +23,8 @@ from datetime import datetime, timezone
 import click
 from flask.cli import with_appcontext
 
+from .simulate_queue import follow_ticket, line_report, line_text
+
 RETRYABLE = {0, 429, 503}  # 0: no HTTP answer at all (connection refused or reset, timeout)
 TERMINAL = {"CONFIRMED", "EXPIRED", "RELEASED"}
 PLANS = ("confirm", "abandon", "release")
@@ -86,12 +88,22 @@ class BuyerResult:
     attempts: list = field(default_factory=list)
     hold: dict | None = None
     action_status: int | None = None
+    ticket: dict | None = None  # the waiting-room ticket, on a product with a waiting room
 
     @property
     def answer(self):
-        """The buyer's final answer: 'won' or the last error code."""
+        """The buyer's final answer: 'won', the last error code, or where the line left them."""
+        if not self.attempts:
+            return f"line: {self.ticket['state']}" if self.ticket else "no answer"
         last = self.attempts[-1]
         return "won" if last.status in (200, 201) else (last.code or f"http_{last.status}")
+
+    @property
+    def definite(self):
+        """True when the buyer learned something final: a hold or a refusal, or the line's sold out."""
+        if self.attempts:
+            return self.attempts[-1].status not in RETRYABLE
+        return bool(self.ticket) and self.ticket["state"] in ("sold_out", "closed")
 
 
 def plan_buyers(crowd, rng, run_id):
@@ -268,6 +280,8 @@ def render(report):
                            f"<= {stock['total']}"),
         ("audit", audit["status"] + (f": {audit['note']}" if audit.get("note") else "")),
     ]
+    if report.get("waiting_room"):
+        rows[3:3] = line_text(report["waiting_room"])
     rows += [("", f"BREACH {breach}") for breach in audit.get("breaches", [])]
     if report.get("undecided_after_settle"):
         rows.append(("note", f"{report['undecided_after_settle']} confirmations were still undecided when "
@@ -304,8 +318,13 @@ def allow_open_files(wanted):
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
-async def play(url, crowd, buyers, concurrency=256, timeout=30.0, on_answer=None):
-    """Send the crowd; return ([BuyerResult per buyer, in buyer order], seconds from first arrival)."""
+async def play(url, crowd, buyers, concurrency=256, timeout=30.0, on_answer=None, waiting_room=False,
+               line_deadline_s=600.0):
+    """Send the crowd; return ([BuyerResult per buyer, in buyer order], seconds from first arrival).
+
+    On a waiting-room product each buyer first joins the line and follows its ticket until admitted
+    (then buys with its admission) or told the line is over.
+    """
     import aiohttp
 
     allow_open_files(concurrency + 256)
@@ -333,6 +352,14 @@ async def play(url, crowd, buyers, concurrency=256, timeout=30.0, on_answer=None
             await asyncio.sleep(max(0.0, buyer.arrives_at - (time.monotonic() - started)))
             headers = {"Idempotency-Key": f"{buyer.email}#1", "X-Forwarded-For": buyer_address(buyer.index)}
             body = {"email": buyer.email, "quantity": crowd.quantity}
+            if waiting_room:
+                result.ticket = await follow_ticket(request, url, crowd.product, buyer.email,
+                                                    buyer_address(buyer.index), line_deadline_s)
+                if not result.ticket or result.ticket["state"] != "admitted":
+                    if on_answer:
+                        on_answer(result)
+                    return result
+                headers["Admission"] = result.ticket["admission"]
             tries = 1 + (crowd.max_retries if buyer.retries else 0)
             for attempt in range(tries):
                 status, answer, reply_headers, latency = await request("POST", hold_url, json=body,
@@ -501,7 +528,8 @@ async def _simulate(url, crowd, rng, concurrency, settle_seconds, wait_expiry):
     before = await fetch_json(f"{url}/api/products/{crowd.product}")
     buyers = plan_buyers(crowd, rng, uuid.uuid4().hex[:8])
     with click.progressbar(length=len(buyers), label="buyers answered", file=sys.stderr) as bar:
-        results, elapsed = await play(url, crowd, buyers, concurrency, on_answer=lambda _r: bar.update(1))
+        results, elapsed = await play(url, crowd, buyers, concurrency, on_answer=lambda _r: bar.update(1),
+                                      waiting_room=bool(before.get("waiting_room")))
     waiting = sum(1 for r in results if r.hold and (r.buyer.plan != "abandon" or wait_expiry))
     if waiting:
         click.echo(f"waiting up to {settle_seconds:g} s for {waiting} holds to be decided ...", err=True)
@@ -516,4 +544,6 @@ async def _simulate(url, crowd, rng, concurrency, settle_seconds, wait_expiry):
     audit_result = audit_here(crowd.product, list(holds))
     report = build_report(crowd, url, results, before, after, holds, read_at, elapsed, audit_result)
     report["undecided_after_settle"] = undecided
+    if before.get("waiting_room"):
+        report["waiting_room"] = line_report(results, before["sale_starts_at"], percentile)
     return report

@@ -124,3 +124,32 @@ def test_web_processes_restarted_mid_line_lose_no_place(app, make_product):
             call(f"{server.url}/api/products/steady").body["sale_starts_at"].replace("Z", "+00:00"))
     finally:
         server.stop()
+
+
+def test_flask_simulate_plays_a_crowd_through_the_line_and_reports_its_fairness(app, make_product):
+    import json
+    import subprocess
+
+    from tests.live_server import BIN, ROOT, server_env
+
+    open_line(app, make_product, "simq", 150, 40, opens_in=timedelta(seconds=3))
+    with LiveServer(DATABASE_URL, TestConfig.REDIS_URL, workers=2, threads=16, with_worker=True,
+                    HOLD_SECONDS=30, SWEEP_SECONDS=1) as server:
+        done = subprocess.run(
+            [str(BIN / "flask"), "--app", "app", "simulate", "--url", server.url, "--product", "simq",
+             "--buyers", "300", "--arrival", "ramp", "--ramp-seconds", "6", "--confirm-share", "0.9",
+             "--abandon-share", "0", "--release-share", "0.1", "--retry-share", "1", "--seed", "3",
+             "--settle-seconds", "30", "--json"],
+            cwd=ROOT, env=server_env(DATABASE_URL, TestConfig.REDIS_URL), capture_output=True, text=True,
+            timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    line = report["waiting_room"]
+    print(f"\nline: {line}")
+    assert line["tickets"] == 300 and set(line["states"]) <= {"admitted", "sold_out"}
+    assert line["definite_share"] == 1.0  # everyone heard something final
+    fairness = line["fairness"]
+    assert fairness["before_opening_admitted"] > 20 and fairness["after_opening_admitted"] > 10
+    assert fairness["after_opening_overtaken"] == 0  # after the opening, strictly first come first served
+    assert fairness["after_opening_rho"] > 0.9 and abs(fairness["before_opening_rho"]) < 0.5
+    assert report["ok"] and report["audit"]["status"] == "passed"

@@ -56,4 +56,6 @@ def ticket_json(ticket):
         "admitted": ticket.admitted_total,
         "admission_rate": ticket.rate,
         "poll_seconds": ticket.poll_seconds,
+        "joined_at": iso(ticket.joined_at),
+        "admitted_at": iso(ticket.admitted_at),
     }

@@ -122,6 +122,8 @@ class Ticket:
     admitted_total: int
     rate: int
     created: bool = False
+    joined_at: datetime | None = None  # by Redis's clock, as are the two below
+    admitted_at: datetime | None = None
 
     @property
     def poll_seconds(self):
@@ -184,10 +186,11 @@ class WaitingRoom:
         if not facts:
             raise NotFound("No such ticket.")
         facts, now, ticket_id = json.loads(facts), float(now), ticket_id.decode()
-        state, position, wait, admission, expires = "waiting", None, None, None, None
+        state, position, wait, admission, expires, admitted_at = "waiting", None, None, None, None, None
         if admitted:
             state = "admitted"
-            expires_epoch = float(admitted.split()[1])
+            admitted_epoch, expires_epoch = (float(x) for x in admitted.split())
+            admitted_at = datetime.fromtimestamp(admitted_epoch, timezone.utc)
             expires = datetime.fromtimestamp(expires_epoch, timezone.utc)
             admission = self.signer.dumps([sale.id, ticket_id, email_digest(facts["email"]),
                                            round(expires_epoch, 3)])
@@ -199,7 +202,8 @@ class WaitingRoom:
             position = int(rank) + 1
             wait = math.ceil(position / rate + max(0.0, sale.sale_starts_at.timestamp() - now))
         return Ticket(ticket_id, sale.id, facts["email"], state, position, wait, admission, expires,
-                      int(length), int(admitted_total), rate, bool(created))
+                      int(length), int(admitted_total), rate, bool(created),
+                      datetime.fromtimestamp(facts["joined_at"], timezone.utc), admitted_at)
 
     def use_admission(self, sale, email, admission):
         """Check a hold's admission and use it up; returns the ticket id (give_back() undoes it).
