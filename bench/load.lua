@@ -2,7 +2,8 @@
 -- X-Forwarded-For, believed by a server with TRUSTED_PROXIES=1), so the rate limits are checked on
 -- every request and never trigger; statuses counted.
 --   wrk -t2 -c200 -d10s -s bench/load.lua http://127.0.0.1:PORT -- METHOD TAG PATH [PATH ...]
--- METHOD is GET or POST; TAG makes emails unique across runs; requests cycle over the PATHs.
+-- METHOD is GET, POST (a hold: email and quantity) or JOIN (POST a waiting room's {"email"} only);
+-- TAG makes emails unique across runs; requests cycle over the PATHs.
 -- done() prints one line: "BENCHJSON {...}" with counts by status and latency percentiles (ms).
 
 local threads = {}
@@ -38,6 +39,9 @@ function request()
   end
   headers["Content-Type"] = "application/json"
   local body = string.format('{"email": "b%s.%d.%d@bench.example", "quantity": 1}', tag, tid, counter)
+  if method == "JOIN" then
+    body = string.format('{"email": "b%s.%d.%d@bench.example"}', tag, tid, counter)
+  end
   return wrk.format("POST", path, headers, body)
 end
 
