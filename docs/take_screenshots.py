@@ -1,4 +1,4 @@
-"""Take the README's screenshots: product page, hold page, sales list and admin dashboard.
+"""Take the README's screenshots: product page, hold page, waiting page, sales list and admin dashboard.
 
     TEST_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/flashsale_shots \\
     TEST_REDIS_URL=redis://127.0.0.1:6379/9 .venv/bin/python docs/take_screenshots.py
@@ -36,7 +36,10 @@ SALES = [
      timedelta(minutes=-2)),
     ("switch-2", "Nintendo Switch 2", "Launch bundle with Mario Kart World.", 49999, 80, 1, timedelta(hours=3)),
     ("retro-mini", "Retro Mini Console", "Forty classic games, two wired pads.", 7999, 30, 2, timedelta(days=-2)),
+    ("launch", "Console launch bundle", "Sold through a fair line: a place for everyone, in order.", 59999, 500, 1,
+     timedelta(minutes=-1)),
 ]
+WAITING_ROOM = {"launch": 2}  # slug: admissions per second
 
 
 def seed(app):
@@ -51,7 +54,8 @@ def seed(app):
             starts = now + starts_in
             db.session.add(Product(slug=slug, name=name, description=description, price_cents=price,
                                    total_stock=stock, max_per_customer=limit, sale_starts_at=starts,
-                                   sale_ends_at=starts + timedelta(hours=1)))
+                                   sale_ends_at=starts + timedelta(hours=1), waiting_room=slug in WAITING_ROOM,
+                                   admission_rate=WAITING_ROOM.get(slug)))
         db.session.commit()
         redis_store.client.flushdb()
 
@@ -82,6 +86,8 @@ def main():
         context = browser.new_context(viewport={"width": 1100, "height": 860}, device_scale_factor=1)
         dashboard = context.new_page()
         dashboard.goto(f"{server.url}/admin/?token={TOKEN}")  # its polls sample stock while buyers buy
+        for n in range(120):  # a crowd already in the line for the launch
+            context.request.post(f"{server.url}/api/products/launch/queue", data={"email": f"fan{n}@example.com"})
         shop_traffic(context.request, server.url, 32)
 
         page = context.new_page()
@@ -96,6 +102,13 @@ def main():
         page.wait_for_url("**/holds/*")
         page.wait_for_timeout(1500)  # let the countdown tick so the picture shows it running
         page.screenshot(path=DOCS / "screen-hold.png", full_page=True)
+
+        page.goto(f"{server.url}/products/launch")
+        page.get_by_label("Email").fill("ann@example.com")
+        page.get_by_role("button", name="Join the line").click()
+        page.wait_for_url("**/queue/*")
+        page.wait_for_timeout(2500)  # one poll: position and progress move
+        page.screenshot(path=DOCS / "screen-waiting.png", full_page=True)
 
         dashboard.wait_for_timeout(5500)  # one more poll after the last purchase
         dashboard.screenshot(path=DOCS / "screen-dashboard.png", full_page=True)
