@@ -32,7 +32,7 @@ from tests.live_server import wait_until
 
 # Seeded windows are compared with the database clock by some checks: build "now" at run time.
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
-REQUIRED = {"ps5-drop", "multi-drop", "upcoming-sale", "ended-sale", "low-stock", "mega-sale"}
+REQUIRED = {"ps5-drop", "multi-drop", "upcoming-sale", "ended-sale", "low-stock", "mega-sale", "ps5-queue"}
 
 
 def snapshot(session):
@@ -415,3 +415,10 @@ def test_a_confirmation_accepted_while_the_reset_waits_is_refused_not_deleted(ap
     (refusal,) = outcome
     assert isinstance(refusal, PaidOrdersExist) and refusal.paid == {"ps5": {CONFIRMING: 1}}
     assert holds.get_hold(session, hold).status == CONFIRMING
+
+
+def test_ps5_queue_is_the_contract_scenario_with_the_waiting_room(session, redis):
+    seed(session, redis, load_scenario("ps5-queue"), now=NOW)
+    product = session.execute(select(Product).where(Product.slug == "ps5q")).scalar_one()
+    assert (product.total_stock, product.max_per_customer, product.waiting_room) == (100, 1, True)
+    assert (product.sale_starts_at, product.sale_ends_at) == (NOW, NOW + timedelta(hours=1))
