@@ -201,6 +201,10 @@ class FlashSale(RuleBasedStateMachine):
             assert settled.outcome == "skipped"
             return
         model.attempted, model.due = True, False
+        self._expect_charge(model, call, settled)
+
+    def _expect_charge(self, model, call, settled):
+        """A charge call was made: the model follows it and the attempt's answer must agree."""
         charge_state = self._charge(model, call)
         if charge_state is None:
             assert settled.outcome == "pending"
@@ -260,11 +264,8 @@ class FlashSale(RuleBasedStateMachine):
             model.charged = "voided"
             self._settle(model, "voided")
         else:
-            charge_state = self._charge(model, call)
-            if charge_state is None:
-                assert settled.outcome == "pending"
-                return
-            self._settle(model, charge_state)
+            self._expect_charge(model, call, settled)
+            return
         assert settled.status == model.status
 
     @rule(hold_id=placed)
