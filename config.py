@@ -59,6 +59,9 @@ class Config:
     RATELIMIT_HOLD_PER_ADDRESS = os.environ.get("RATELIMIT_HOLD_PER_ADDRESS", "20/second;300/minute")
     RATELIMIT_HOLD_PER_EMAIL = os.environ.get("RATELIMIT_HOLD_PER_EMAIL", "5/second;30/minute")
     TRUSTED_PROXIES = _int("TRUSTED_PROXIES", 0)
+    # Answer sold-out hold requests in front of Flask, in one Redis round trip (soldout_gate.py);
+    # off, Flask gives the same answers more slowly.
+    SOLD_OUT_GATE = _bool("SOLD_OUT_GATE", True)
 
     # Waiting rooms (products with waiting_room on): shoppers admitted per second unless the product
     # sets its own admission_rate, and how long an admission stays valid for placing the hold.

@@ -13,6 +13,9 @@ def create_app(config_object=Config, **overrides):
     app.config.from_object(config_object)
     app.config.update(overrides)
     _check_secret_key(app)
+    from . import soldout_gate
+
+    soldout_gate.install(app)  # in front of Flask, behind ProxyFix (it needs the client's address)
     if app.config["TRUSTED_PROXIES"]:
         # Believe X-Forwarded-For only for as many hops as we run proxies; a client cannot forge past them.
         hops = app.config["TRUSTED_PROXIES"]

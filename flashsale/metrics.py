@@ -1,6 +1,6 @@
 """Counters, latency samples and time series in Redis, so every web process and worker agrees.
 
-Recording costs one pipelined round trip. Time series are a ring of BUCKET_SECONDS buckets that expire
+Recording costs one round trip (a Lua script). Time series are a ring of BUCKET_SECONDS buckets that expire
 after WINDOW_BUCKETS buckets, so nothing grows without bound. Gauges that are not events (available
 stock per product, latency percentiles) are sampled into the same ring of buckets whenever the metrics
 are read, so the dashboard's poll is what draws their history.
@@ -9,6 +9,7 @@ are read, so the dashboard's poll is what draws their history.
 import logging
 import time
 
+from redis.commands.core import Script
 from redis.exceptions import RedisError
 
 from . import keys
@@ -30,26 +31,63 @@ def _bucket(now=None):
     return int((now or time.time()) // BUCKET_SECONDS)
 
 
+# One Lua function records outcomes and latency samples; record_outcome runs it as a script, and the
+# sold-out gate (soldout_gate.py) runs it inside its own script, so both write the same layout.
+# record(totals, bucket, started, bucket_ttl, now, {outcome, count, ...}, {ring, value, ...}, samples)
+RECORD_LUA = """
+local function record(totals, bucket, started, bucket_ttl, now, outcomes, rings, samples)
+  for i = 1, #outcomes, 2 do
+    redis.call('HINCRBY', totals, outcomes[i], outcomes[i + 1])
+    redis.call('HINCRBY', bucket, outcomes[i], outcomes[i + 1])
+  end
+  redis.call('EXPIRE', bucket, bucket_ttl)
+  for i = 1, #rings, 2 do
+    redis.call('LPUSH', rings[i], rings[i + 1])
+    redis.call('LTRIM', rings[i], 0, samples - 1)
+  end
+  redis.call('SET', started, now, 'NX')
+end
+"""
+
+# KEYS = totals, bucket, started, ring keys...; ARGV = bucket_ttl, now, samples, n_outcomes,
+# outcome/count pairs..., one value per ring key.
+RECORD_SCRIPT = RECORD_LUA + """
+local n = tonumber(ARGV[4])
+local outcomes, rings = {}, {}
+for i = 1, 2 * n do outcomes[i] = ARGV[4 + i] end
+for k = 4, #KEYS do
+  rings[#rings + 1] = KEYS[k]
+  rings[#rings + 1] = ARGV[4 + 2 * n + k - 3]
+end
+record(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], outcomes, rings, tonumber(ARGV[3]))
+"""
+_record = Script(None, RECORD_SCRIPT.encode())  # EVALSHA, loaded on first use by any client
+
+
+def recording_keys(now=None):
+    """The keys every recording touches, in RECORD_LUA's order: totals, this bucket, started-at."""
+    return [keys.metrics("totals"), keys.metrics(f"bucket:{_bucket(now)}"), STARTED_AT_KEY]
+
+
+def recording_args(now=None):
+    """RECORD_LUA's bucket_ttl, now and samples arguments."""
+    return [BUCKET_SECONDS * WINDOW_BUCKETS, int(now or time.time()), LATENCY_SAMPLES]
+
+
 def record_outcome(redis, outcome, count=1, latency_ms=None, lock_wait_ms=None, payment_ms=None,
                    also=()):
-    """Count one outcome (and optionally its latencies) in the totals and the current bucket.
+    """Count one outcome (and optionally its latencies) in the totals and the current bucket: one
+    round trip.
 
     also: further outcomes counted once each in the same round trip (a reconciled confirmation).
     """
-    bucket_key = keys.metrics(f"bucket:{_bucket()}")
+    outcomes = [outcome, count, *(x for extra in also for x in (extra, 1))]
+    rings = [(keys.metrics(ring), round(value, 2)) for ring, value in
+             (("latency", latency_ms), ("lock_wait", lock_wait_ms), ("payment", payment_ms))
+             if value is not None]
     try:
-        pipe = redis.pipeline(transaction=False)
-        for name, n in ((outcome, count), *((extra, 1) for extra in also)):
-            pipe.hincrby(keys.metrics("totals"), name, n)
-            pipe.hincrby(bucket_key, name, n)
-        pipe.expire(bucket_key, BUCKET_SECONDS * WINDOW_BUCKETS)
-        for ring, value in (("latency", latency_ms), ("lock_wait", lock_wait_ms),
-                            ("payment", payment_ms)):
-            if value is not None:
-                pipe.lpush(keys.metrics(ring), round(value, 2))
-                pipe.ltrim(keys.metrics(ring), 0, LATENCY_SAMPLES - 1)
-        pipe.set(STARTED_AT_KEY, int(time.time()), nx=True)
-        pipe.execute()
+        _record([*recording_keys(), *(k for k, _ in rings)],
+                [*recording_args(), len(outcomes) // 2, *outcomes, *(v for _, v in rings)], client=redis)
     except RedisError:
         log.warning("metrics not recorded (%s): Redis unavailable", outcome)
 

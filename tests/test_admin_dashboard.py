@@ -115,16 +115,21 @@ def test_gauge_series_keeps_one_point_per_bucket_and_leaves_gaps_unsampled(redis
 
 
 def test_recording_an_outcome_is_one_round_trip(redis, monkeypatch):
+    metrics.record_outcome(redis, "created")  # the script is loaded once per server, then EVALSHA
     sent = []
-    original = type(redis.pipeline()).execute
+    original = type(redis).execute_command
 
     def counting(self, *args, **kwargs):
-        sent.append(len(self.command_stack))
+        sent.append(args[0])
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(type(redis.pipeline()), "execute", counting)
-    metrics.record_outcome(redis, "created", latency_ms=3.2, lock_wait_ms=0.4)
-    assert len(sent) == 1 and sent[0] > 1
+    monkeypatch.setattr(type(redis), "execute_command", counting)
+    metrics.record_outcome(redis, "created", latency_ms=3.2, lock_wait_ms=0.4, also=("reconciled",))
+    assert sent == ["EVALSHA"]
+    totals = metrics.snapshot(redis)["totals"]
+    assert totals["created"] == 2 and totals["reconciled"] == 1
+    assert [float(x) for x in redis.lrange("fs:metrics:latency", 0, -1)] == [3.2]
+    assert [float(x) for x in redis.lrange("fs:metrics:lock_wait", 0, -1)] == [0.4]
 
 
 def test_with_admin_token_the_dashboard_and_metrics_need_it(client, admin_token):

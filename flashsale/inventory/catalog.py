@@ -72,6 +72,12 @@ def sale_info(session, ref):
     return info
 
 
+def cached_sale_info(ref):
+    """SaleInfo for `ref` if this process read it less than CACHE_SECONDS ago, else None (no database)."""
+    hit = _cache.get(ref)
+    return hit[1] if hit and hit[0] > time.monotonic() else None
+
+
 def forget():
     """Drop cached sale info (after seeding, and between tests)."""
     _cache.clear()

@@ -33,15 +33,15 @@ def validate_quantity(quantity, max_quantity):
 
 def validate_hold_request(email, quantity, max_quantity):
     """Normalised (email, quantity) for a hold, reporting every bad field at once."""
-    fields = {}
+    fields, valid = {}, []
     for check in (lambda: normalise_email(email), lambda: validate_quantity(quantity, max_quantity)):
         try:
-            check()
+            valid.append(check())
         except InvalidInput as error:
             fields.update(error.fields)
     if fields:
         raise InvalidInput(fields)
-    return normalise_email(email), quantity
+    return tuple(valid)
 
 
 def validate_idempotency_key(key):
