@@ -195,3 +195,25 @@ def test_a_batch_calls_back_once_with_every_hold_it_committed(app, make_product,
     ids, expires = calls[0]
     assert sorted(ids) == sorted(p.hold.id for p in placed)
     assert {p.hold.hold_expires_at for p in placed} == {expires}
+
+
+def test_a_placed_hold_is_answered_without_reading_it_back(app, make_product):
+    """The hold a buyer placed is put in the session as inserted: its answer costs no SELECT."""
+    from sqlalchemy import event
+
+    from flashsale.api.serialise import hold_json
+    from flashsale.extensions import db, redis_store
+
+    make_product(slug="attached", total_stock=5)
+    with app.app_context():
+        placed = holds.place_hold(db.session, redis_store.client, "attached", "a@x.io", 1, holds.HoldPolicy())
+        statements = []
+        listener = lambda *args: statements.append(args[2])  # noqa: E731 - (conn, cursor, statement, ...)
+        event.listen(db.engine, "before_cursor_execute", listener)
+        try:
+            answer = hold_json(placed.hold)
+        finally:
+            event.remove(db.engine, "before_cursor_execute", listener)
+        db.session.remove()
+    assert statements == []
+    assert answer["status"] == "PENDING" and answer["confirmation_requested_at"] is None

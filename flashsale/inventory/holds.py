@@ -152,7 +152,8 @@ def _place_in_line(session, redis, product_id, email, quantity, policy, key, dig
         order = _attach(session, Order(
             id=answer.hold_id, product_id=product_id, customer_email=email, quantity=quantity,
             status=PENDING, hold_expires_at=answer.hold_expires_at, created_at=answer.created_at,
-            confirmed_at=None, idempotency_key=key, request_digest=digest))
+            confirmation_requested_at=None, confirmed_at=None, idempotency_key=key,
+            request_digest=digest))
         return PlacedHold(order, True, lock.waited_ms)
     if isinstance(answer, line.Replayed):
         return PlacedHold(get_hold(session, answer.hold_id), False, lock.waited_ms)
@@ -254,7 +255,8 @@ def _row_locked(product_id, email, policy):
 
 
 def _attach(session, order):
-    """Put an order we just inserted into the session as if it had been loaded (no SELECT)."""
+    """Put an order we just inserted into the session as if it had been loaded (no SELECT): every
+    column must be given, or reading the missing one loads the row."""
     make_transient_to_detached(order)
     session.add(order)
     return order
