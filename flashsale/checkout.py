@@ -22,8 +22,10 @@ from .inventory.waiting_room import ticket_product, waiting_room_from_config
 from .jobs import enqueue_payment, schedule_expiries
 
 
-def place_hold(product_ref, email, quantity, idempotency_key=None, admission=None):
+def place_hold(product_ref, email, quantity, idempotency_key=None, admission=None, sold_out_checked=False):
     """Place a hold, schedule its expiry and record the outcome; refusals are recorded, then raised.
+
+    sold_out_checked: the sold-out gate looked at the product's mark a moment ago (no second probe).
 
     On a waiting-room product the hold needs the shopper's admission, which it uses up (given back if
     the request changed nothing and may be retried: a 503).
@@ -37,7 +39,8 @@ def place_hold(product_ref, email, quantity, idempotency_key=None, admission=Non
             return admitted.replay
         try:
             placed = holds.place_hold(db.session, redis, product_ref, email, quantity, policy,
-                                      idempotency_key, on_committed=schedule_expiry)
+                                      idempotency_key, on_committed=schedule_expiry,
+                                      probe_sold_out=not sold_out_checked)
         except (Unavailable, RedisError, OperationalError):
             if admitted:
                 _give_back(admitted)

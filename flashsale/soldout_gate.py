@@ -41,6 +41,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from . import keys, metrics
 from .errors import InvalidInput, RateLimited, SoldOut
+from .extensions import limiter
 from .inventory import catalog
 from .inventory.validation import validate_hold_request
 from .ratelimits import hold_limit_keys
@@ -50,14 +51,20 @@ ENDPOINT = "api.create_hold"  # the view whose answers the gate gives; its limit
 HOLD_FIELDS = {"email", "quantity"}
 
 NOT_MARKED, SOLD_OUT, RATE_LIMITED = 0, 1, 2
+# Set in the WSGI environ of a request the gate passed on after counting its limits (and finding no
+# sold-out mark): (the limit its headers report, or None; its count; its TTL).
+COUNTED = "flashsale.limits_counted"
 FIRST_LIMIT_KEY = 6  # KEYS[1..5] below; the limits' counters follow
 
 # KEYS = sold-out mark, metrics totals, bucket, started-at, latency ring, limit counters...;
 # ARGV = bucket ttl, now, samples, latency ms, then (amount, window seconds) per limit counter.
-# Returns {NOT_MARKED} (nothing written) or {answer, index of the header's limit, its count, its TTL}.
+# Counts the limits (whatever the mark says) and returns {answer, index of the limit the headers
+# report (-1: none), its count, its TTL}; the refusal's metrics are recorded, a NOT_MARKED request's
+# outcome is Flask's to record.
 GATE_SCRIPT = metrics.RECORD_LUA + """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
+local marked = redis.call('EXISTS', KEYS[1]) == 1
 local header, count, answer = -1, 0, 1
+if not marked then answer = 0 end
 for i = 6, #KEYS do
   local j = 5 + 2 * (i - 6)
   -- limits' incr_expire.lua, as Flask-Limiter's fixed window runs it
@@ -73,7 +80,7 @@ local ttl = 0
 if header >= 0 then ttl = redis.call('TTL', KEYS[6 + header]) end
 if answer == 2 then
   record(KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], {'rate_limited', 1}, {}, tonumber(ARGV[3]))
-else
+elseif answer == 1 then
   record(KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], {'sold_out', 1}, {KEYS[5], ARGV[4]},
          tonumber(ARGV[3]))
 end
@@ -172,12 +179,14 @@ class SoldOutGate:
                  *(x for item, _ in limits for x in (item.amount, item.get_expiry()))])
         except (RedisError, OSError):
             return None  # Flask meets the same outage and answers 503 with Retry-After
-        if reply[0] == NOT_MARKED:
-            return None
         answer, header, count, ttl = (int(x) for x in reply)
         item = limits[header][0] if header >= 0 else None
+        if answer == NOT_MARKED:
+            # Flask places the hold: its limits are counted already (Flask-Limiter is told to skip
+            # this request, limit_headers adds the same headers) and the mark was not set just now.
+            environ[COUNTED] = (item, count, ttl)
+            return None
         status, headers, payload = self._rendered(answer, item, environ.get("wsgi.url_scheme", "http"))
-        headers = list(headers)
         if item is not None and config.get(ConfigVars.HEADERS_ENABLED):
             headers = _with_limit_headers(headers, config, item, count, ttl)
         return status, headers, payload
@@ -272,6 +281,34 @@ def _header_names(*configured):
     return tuple(name or default.value for name, default in zip(configured, defaults, strict=True))
 
 
+def counted(environ):
+    """True when the gate counted this request's limits (and found the product not marked sold out)."""
+    return COUNTED in environ
+
+
+def limit_headers(response):
+    """After a request the gate counted: the rate-limit headers Flask-Limiter would have added."""
+    from flask import current_app, request
+
+    passed = request.environ.get(COUNTED)
+    if passed is None or passed[0] is None or not current_app.config.get(ConfigVars.HEADERS_ENABLED):
+        return response
+    headers = _with_limit_headers(list(response.headers.items()), current_app.config, *passed)
+    response.headers.clear()
+    response.headers.extend(headers)
+    return response
+
+
 def install(app):
-    """Put the gate in front of the app's WSGI callable (call before ProxyFix wraps it)."""
+    """Put the gate in front of the app's WSGI callable (call before ProxyFix wraps it), and tell
+    Flask-Limiter not to count again what the gate counted (the gate's count gets the same headers)."""
     app.wsgi_app = SoldOutGate(app, app.wsgi_app)
+    if _counted_by_the_gate not in limiter._request_filters:  # one filter for every app of the process
+        limiter.request_filter(_counted_by_the_gate)
+    app.after_request(limit_headers)
+
+
+def _counted_by_the_gate():
+    from flask import request
+
+    return COUNTED in request.environ

@@ -94,6 +94,26 @@ def test_the_gate_gives_every_answer_flask_gives_with_the_same_counters_and_metr
     assert through_gate[4] == through_flask[4] == statuses.count(409)  # one latency sample per refusal
 
 
+def test_holds_placed_behind_the_gate_are_limited_as_flask_limits_them(limited, make_product):
+    """Buyers of a product with stock: the gate counts their limits, Flask places their holds."""
+    make_product(slug="one", total_stock=50, max_per_customer=3)
+    make_product(slug="two", total_stock=50, max_per_customer=3)
+    limited.test_client().get("/api/products/two")  # cached: the gate counts this product's buyers
+    through_flask = run_sequence(limited, "one", gate=False)
+    through_gate = run_sequence(limited, "two", gate=True)
+    statuses = [status for status, _, _ in through_flask[0]]
+    assert 201 in statuses and 429 in statuses
+    assert [status for status, _, _ in through_gate[0]] == statuses
+    for (status, f_body, f_headers), (_, g_body, g_headers) in zip(through_flask[0], through_gate[0], strict=True):
+        if status != 201:
+            assert g_body == f_body
+        for name in ("X-RateLimit-Limit", "X-RateLimit-Remaining", "Cache-Control", "Content-Type"):
+            assert g_headers.get(name) == f_headers.get(name), name
+        assert abs(int(g_headers["Retry-After"]) - int(f_headers["Retry-After"])) <= 2
+    assert through_gate[1] == through_flask[1]  # the same counters: each request counted once
+    assert through_gate[3] == through_flask[3]  # the same outcomes in the metrics
+
+
 def test_a_sold_out_answer_is_one_redis_round_trip_and_never_reaches_flask(limited, sold_out, monkeypatch):
     client = limited.test_client()
     body = {"email": "late@example.com"}

@@ -4,7 +4,7 @@ from flask import Blueprint, jsonify, request
 from sqlalchemy import select
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from .. import checkout
+from .. import checkout, soldout_gate
 from ..errors import InvalidInput
 from ..extensions import db
 from ..inventory import catalog, holds
@@ -46,7 +46,8 @@ def create_hold(ref):
     if unknown:
         raise InvalidInput({name: "Unknown field." for name in sorted(unknown)})
     placed = checkout.place_hold(ref, body.get("email"), body.get("quantity", 1),
-                                 request.headers.get("Idempotency-Key"), request.headers.get("Admission"))
+                                 request.headers.get("Idempotency-Key"), request.headers.get("Admission"),
+                                 sold_out_checked=soldout_gate.counted(request.environ))
     return jsonify(hold_json(placed.hold)), 201 if placed.created else 200
 
 

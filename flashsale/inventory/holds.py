@@ -85,8 +85,11 @@ def request_digest(product_id, email, quantity):
 
 
 def place_hold(session, redis, product_ref, email, quantity=1, policy=HoldPolicy(),
-               idempotency_key=None, on_committed=None):
+               idempotency_key=None, on_committed=None, probe_sold_out=True):
     """Hold `quantity` units of a product for `email` for policy.hold_seconds, or raise why not.
+
+    probe_sold_out=False skips the sold-out mark's probe for a caller that has just looked (the
+    sold-out gate): the lock attempt refuses a marked product all the same, atomically.
 
     on_committed(hold_ids, hold_expires_at), if given, is called once per committed transaction that
     created holds, outside the lock, by whichever buyer ran it: with the line that is one call for a
@@ -104,7 +107,7 @@ def place_hold(session, redis, product_ref, email, quantity=1, policy=HoldPolicy
     _check_sale_window(sale.sale_starts_at, sale.sale_ends_at, datetime.now(timezone.utc))
     if quantity > sale.max_per_customer:
         raise LimitExceeded(limit=sale.max_per_customer)
-    if soldout.is_marked(redis, sale.id):
+    if probe_sold_out and soldout.is_marked(redis, sale.id):
         raise SoldOut(fast=True)
 
     if is_postgresql(session):
