@@ -9,6 +9,7 @@ import logging
 import re
 
 from flask import current_app, request
+from flask.sessions import SecureCookieSessionInterface
 
 CONTENT_SECURITY_POLICY = "; ".join([
     "default-src 'self'",
@@ -36,8 +37,19 @@ def init_app(app):
     CONTENT_SECURITY_POLICY may be set in the config to adjust the policy (say, for a CDN).
     """
     app.config.setdefault("CONTENT_SECURITY_POLICY", CONTENT_SECURITY_POLICY)
+    app.session_interface = PageSessions()
     app.after_request(add_security_headers)
     install_email_masking()
+
+
+class PageSessions(SecureCookieSessionInterface):
+    """Signed-cookie sessions (CSRF tokens, flash messages) for the shop's pages only: the JSON API is
+    stateless, so its requests neither read a session cookie nor build its signing serializer."""
+
+    def open_session(self, app, request):
+        if request.path.startswith("/api/"):
+            return self.make_null_session(app)
+        return super().open_session(app, request)
 
 
 def add_security_headers(response):

@@ -316,3 +316,17 @@ def test_every_form_post_needs_a_csrf_token(app, sale, client):
     answer = browser.post("/products/ps5/hold", data={"email": "eve@example.com", "quantity": "1",
                                                       "csrf_token": csrf.group(1)})
     assert answer.status_code == 303  # with the token, the same form works
+
+
+def test_the_api_is_stateless_and_the_pages_keep_their_session(app, client, make_product):
+    """API requests skip the session (no cookie read or written); the shop's forms still get theirs."""
+    from flask import request
+    from flask.sessions import NullSession
+
+    make_product()
+    with app.test_request_context("/api/products/ps5"):
+        assert isinstance(app.session_interface.open_session(app, request), NullSession)
+    api = client.post("/api/products/ps5/holds", json={"email": "stateless@example.com"})
+    assert api.status_code == 201 and "Set-Cookie" not in api.headers
+    with app.test_request_context("/products/ps5"):
+        assert not isinstance(app.session_interface.open_session(app, request), NullSession)
