@@ -1,11 +1,14 @@
 """Thin RQ entry points: each opens an app context and calls the domain in flashsale.inventory."""
 
 import logging
+import math
+import time
 from contextlib import contextmanager, nullcontext
+from datetime import datetime, timezone
 
 from flask import current_app, has_app_context
 
-from . import metrics, payment_pool
+from . import keys, metrics, payment_pool
 from .extensions import db, redis_store
 from .gateways import gateway_from_config
 from .inventory import confirmation, expiry, payments
@@ -122,11 +125,49 @@ def sweep_expired_holds():
         return count
 
 
+def expire_slot(second):
+    """Job: record the holds of one expiry slot (schedule_expiries) as EXPIRED, at the slot's end."""
+    with _app_context():
+        redis = redis_store.client
+        hold_ids = sorted(member.decode() for member in redis.smembers(keys.expiry_slot(second)))
+        expired = expire_holds(hold_ids)
+        redis.delete(keys.expiry_slot(second))
+        return expired
+
+
 def schedule_expiries(queue, hold_ids, hold_expires_at):
-    """Enqueue one expire_holds job for holds that lapse together (one batch of the line), to run at
-    their expiry (needs a worker started with the scheduler). Job id: expire-<first hold id>."""
-    return queue.enqueue_at(hold_expires_at, expire_holds, list(hold_ids),
-                            job_id=f"expire-{hold_ids[0]}", result_ttl=60, failure_ttl=3600)
+    """Put holds that lapse together (one batch of the line) in the expiry slot of the second they
+    lapse in; the first batch of a slot also enqueues the slot's one expire_slot job, at the slot's
+    end (needs a worker started with the scheduler). Job id: expire-<slot's epoch second>.
+
+    One pipelined round trip per batch, and one RQ job per second of expiries however many batches
+    (100 products selling at once make a batch per hold). A job lost before it was enqueued, or a
+    worker that dies in it, leaves the holds to the sweeper, as any lost expiry job does.
+    """
+    second = math.ceil(hold_expires_at.timestamp())
+    slot = keys.expiry_slot(second)
+    keep = max(int(second - time.time()), 0) + SLOT_KEPT_SECONDS
+    pipe = queue.connection.pipeline(transaction=False)
+    pipe.sadd(slot, *hold_ids)
+    pipe.expire(slot, keep)
+    pipe.set(f"{slot}:job", 1, nx=True, ex=keep)
+    if pipe.execute()[2]:
+        queue.enqueue_at(datetime.fromtimestamp(second, timezone.utc), expire_slot, second,
+                         job_id=expiry_job_id(second), result_ttl=60, failure_ttl=3600)
+    return second
+
+
+SLOT_KEPT_SECONDS = 3600  # a slot outlives its second by this much, for a late or retried job
+
+
+def expiry_job_id(second):
+    """The RQ job id of the expiry slot ending at `second`."""
+    return f"expire-{second}"
+
+
+def expiry_job_of(hold_expires_at):
+    """The RQ job id that records a hold expiring at hold_expires_at."""
+    return expiry_job_id(math.ceil(hold_expires_at.timestamp()))
 
 
 def payment_job_id(hold_id):

@@ -52,6 +52,11 @@ def sweep_tick():
     return f"{PREFIX}:sweep:tick"
 
 
+def expiry_slot(second):
+    """Set of the hold ids that lapse in the second ending at `second` (epoch), for its expiry job."""
+    return f"{PREFIX}:expiry:{second}"
+
+
 def metrics(name):
     """A metrics key (counters, latency rings, time series) shared by every process."""
     return f"{PREFIX}:metrics:{name}"

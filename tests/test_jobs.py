@@ -1,5 +1,7 @@
 """The RQ jobs end to end: a real worker with the scheduler confirms, expires and sweeps holds."""
 
+from datetime import datetime
+
 import pytest
 from sqlalchemy import update
 
@@ -76,9 +78,47 @@ def test_the_sweeper_records_a_hold_whose_expiry_job_was_lost(app, quick, make_p
     _, hold = call(quick, "POST", "/api/products/lost-job/holds", {"email": "g@x.io"})
     with app.app_context():
         from flashsale.extensions import redis_store
+        from flashsale.jobs import expiry_job_of
 
-        redis_store.queue.scheduled_job_registry.remove(f"expire-{hold['id']}", delete_job=True)
+        expires = datetime.fromisoformat(hold["hold_expires_at"].replace("Z", "+00:00"))
+        job_id = expiry_job_of(expires)
+        assert job_id in redis_store.queue.scheduled_job_registry.get_job_ids()
+        redis_store.queue.scheduled_job_registry.remove(job_id, delete_job=True)
         # Pretend it lapsed long ago; only the sweeper can record it now.
         db.session.execute(update(Order).values(hold_expires_at=Order.created_at))
         db.session.commit()
     wait_until(lambda: hold_status(quick, hold["id"]) == "EXPIRED", 5, message="the sweeper")
+
+
+def test_batches_lapsing_in_the_same_second_share_one_expiry_job(app, make_product):
+    """Every batch adds its holds to its second's slot; only the slot's first batch enqueues a job,
+    and that job records every hold of the slot."""
+    from datetime import timedelta
+
+    from flashsale import jobs, keys
+    from flashsale.extensions import redis_store
+    from flashsale.inventory import holds
+
+    make_product(slug="slots", total_stock=10, max_per_customer=10)
+    with app.app_context():
+        queue, redis = redis_store.queue, redis_store.client
+        placed = [holds.place_hold(db.session, redis, "slots", f"s{n}@x.io", 1, holds.HoldPolicy())
+                  for n in range(4)]
+        hold_ids = [p.hold.id for p in placed]
+        expires = db.session.get(Order, hold_ids[0]).hold_expires_at
+        # Four batches lapsing within one second: one slot, one job.
+        seconds = {jobs.schedule_expiries(queue, [hold_id], expires + timedelta(milliseconds=10 * n))
+                   for n, hold_id in enumerate(hold_ids)}
+        assert len(seconds) == 1
+        [second] = seconds
+        scheduled = [j for j in queue.scheduled_job_registry.get_job_ids() if j.startswith("expire-")]
+        assert scheduled == [jobs.expiry_job_id(second)]
+        assert {m.decode() for m in redis.smembers(keys.expiry_slot(second))} == set(hold_ids)
+        # The job at the slot's end records them all (here run directly, after the holds lapsed).
+        db.session.execute(update(Order).values(hold_expires_at=Order.created_at))
+        db.session.commit()
+        assert jobs.expire_slot(second) == 4
+        assert jobs.expire_slot(second) == 0  # again: nothing left to do
+        statuses = {o.status for o in db.session.query(Order).all()}
+        assert statuses == {"EXPIRED"} and not redis.exists(keys.expiry_slot(second))
+        db.session.remove()

@@ -1,5 +1,6 @@
 """Shopper pages through Flask's test client: every page, every form error, every outcome of section 6."""
 
+import math
 import re
 from datetime import datetime, timedelta, timezone
 from urllib.error import HTTPError
@@ -10,7 +11,7 @@ import pytest
 from sqlalchemy import select, update
 
 from config import TestConfig
-from flashsale import create_app, jobs
+from flashsale import create_app, jobs, keys
 from flashsale.errors import LockBusy
 from flashsale.extensions import db, redis_store
 from flashsale.inventory import locks
@@ -140,7 +141,10 @@ def test_buying_places_a_hold_schedules_its_expiry_and_counts_it(app, client, ma
     assert (order.customer_email, order.quantity, order.status, order.idempotency_key) == (
         "ann@example.com", 2, PENDING, KEY)
     with app.app_context():
-        assert f"expire-{order.id}" in redis_store.queue.scheduled_job_registry.get_job_ids()
+        from flashsale.jobs import expiry_job_of
+
+        assert expiry_job_of(order.hold_expires_at) in redis_store.queue.scheduled_job_registry.get_job_ids()
+        assert redis_store.client.sismember(keys.expiry_slot(math.ceil(order.hold_expires_at.timestamp())), order.id)
     assert client.get("/admin/metrics").json["totals"]["created"] == 1
 
 
