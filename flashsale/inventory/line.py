@@ -109,10 +109,11 @@ def _decide(sale, requests, expires):
     holding = dict(sale.by_customer)
     used_keys = dict(sale.used_keys)
     answers, accepted, refused_for_stock = {}, [], False
-    # Deadlines are judged by the database clock read after the row lock was granted. A buyer that
-    # gets no answer waits until the database clock is past its deadline, then takes the row lock and
-    # looks for its hold (holds._committed_hold): a holder that read the clock before the deadline
-    # still holds the row lock then, so the buyer sees its commit; one that reads it later refuses.
+    # Deadlines are judged by the database clock read after the row lock (on SQLite: the writer lock)
+    # was granted. A buyer that gets no answer waits until the database clock is past its deadline,
+    # then takes the row lock and looks for its hold (holds._committed_hold): a holder that read the
+    # clock before the deadline still holds the row lock then, so the buyer sees its commit; one that
+    # reads it later refuses.
     db_clock = sale.now.timestamp()
     for r in requests:
         if r.deadline <= db_clock:  # its buyer has given up waiting
