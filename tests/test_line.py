@@ -8,7 +8,7 @@ from sqlalchemy import func, select, update
 
 from flashsale import keys
 from flashsale.errors import IdempotencyMismatch, LimitExceeded, LockBusy, SaleNotOpen, SoldOut
-from flashsale.inventory import holds, line, soldout
+from flashsale.inventory import holds, line, placement, soldout
 from flashsale.inventory.audit import audit
 from flashsale.inventory.locks import ProductLock
 from flashsale.inventory.placement import SaleNow
@@ -110,6 +110,12 @@ def test_one_transaction_serves_a_batch_and_marks_the_product_sold_out(
     assert sorted(events) == [("hold-0", -1), ("hold-1", -1), ("hold-3", -1)]
     assert soldout.is_marked(redis, pid)
     assert audit(session) == []
+
+
+def test_the_batch_transaction_is_picked_by_the_backend(session):
+    expected = (placement.BatchTransaction if session.get_bind().dialect.name == "postgresql"
+                else placement.SQLiteBatchTransaction)
+    assert type(placement.batch_transaction(session.get_bind())) is expected
 
 
 def test_a_buyer_still_in_line_at_its_deadline_leaves_it_and_gets_503(redis, ctx):

@@ -103,6 +103,23 @@ def test_the_quick_start_places_holds_through_the_line(lite, monkeypatch):
         db.session.remove()
 
 
+def test_a_driver_error_inside_the_batch_comes_out_as_sqlalchemys_and_releases_the_lock(lite, sqlite_path):
+    """What the app's 503 handler catches is SQLAlchemy's OperationalError, whichever layer raised it."""
+    from sqlalchemy.exc import OperationalError
+
+    with lite.app_context():
+        engine = db.engine
+    with pytest.raises(OperationalError), placement.SQLiteBatchTransaction(engine) as transaction:
+        transaction.lock_and_read(1, set(), set())
+        raise sqlite3.OperationalError("disk I/O error")  # as from a pause hook talking to the driver
+    other = sqlite3.connect(sqlite_path, timeout=0, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # the writer lock was let go
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+
+
 def test_a_herd_of_threads_gets_exactly_the_stock_in_holds_and_batches_form(lite, monkeypatch):
     """40 threads race for 7 units. The first holder waits, under the writer lock, until others have
     joined the line, so later holders serve batches of several buyers in one transaction."""
