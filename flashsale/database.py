@@ -18,7 +18,8 @@ def init_app(app):
 
 def _serialise_sqlite_writers(engine):
     """SQLite has no row locks: BEGIN IMMEDIATE takes its single writer lock up front, so two
-    transactions queue (busy timeout) instead of failing when both try to upgrade to writers."""
+    transactions queue (busy timeout) instead of failing when both try to upgrade to writers. The
+    line's batch transaction on SQLite (placement.SQLiteBatchTransaction) relies on this as its row lock."""
 
     @event.listens_for(engine, "connect")
     def on_connect(dbapi_connection, _record):

@@ -1,8 +1,9 @@
 """The database clock: expiry and sale windows are decided by it, not by each process's clock."""
 
+import time
 from datetime import datetime, timezone
 
-from sqlalchemy import func, literal, select
+from sqlalchemy import func, literal, select, text
 
 from ..models import UTCDateTime
 
@@ -10,6 +11,11 @@ from ..models import UTCDateTime
 def is_postgresql(session):
     """True when the session talks to PostgreSQL (row locks, clock_timestamp, SKIP LOCKED)."""
     return session.get_bind().dialect.name == "postgresql"
+
+
+def sqlite_now():
+    """The database clock on SQLite: SQLite has no server, so its clock is this machine's."""
+    return datetime.now(timezone.utc)
 
 
 def now_expression(session):
@@ -21,11 +27,25 @@ def now_expression(session):
     """
     if is_postgresql(session):
         return func.statement_timestamp()
-    return literal(datetime.now(timezone.utc), UTCDateTime())
+    return literal(sqlite_now(), UTCDateTime())
 
 
 def db_now(session):
     """The database's current time as an aware UTC datetime."""
     if is_postgresql(session):
         return session.execute(select(func.statement_timestamp())).scalar_one()
-    return datetime.now(timezone.utc)
+    return sqlite_now()
+
+
+def wait_until_past(session, epoch):
+    """Block until the database clock is past `epoch` (seconds since 1970).
+
+    On PostgreSQL the server sleeps, in a transaction of the session that is left open; on SQLite this
+    process sleeps with no transaction open (one would hold SQLite's writer lock all the while).
+    """
+    if is_postgresql(session):
+        session.execute(text("SELECT pg_sleep(GREATEST(0, :deadline - EXTRACT(EPOCH FROM clock_timestamp())))"),
+                        {"deadline": epoch})
+        return
+    while (remaining := epoch - sqlite_now().timestamp()) > 0:
+        time.sleep(remaining)

@@ -6,11 +6,10 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 from redis.exceptions import RedisError
-from sqlalchemy import insert, select, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import select
 from sqlalchemy.orm import make_transient_to_detached
 
 from .. import keys
@@ -29,7 +28,6 @@ from ..models import (
     CONFIRMED,
     CONFIRMING,
     EXPIRED,
-    HOLD_CREATED,
     PENDING,
     RELEASED,
     Order,
@@ -37,10 +35,9 @@ from ..models import (
     new_hold_id,
 )
 from . import catalog, line, soldout
-from .clock import db_now, is_postgresql
-from .ledger import EVENTS, event_row, transition_hold
+from .clock import db_now, wait_until_past
+from .ledger import transition_hold
 from .locks import LockRefused, ProductLock
-from .stock import units_taken
 from .validation import valid_hold_id, validate_hold_request, validate_idempotency_key
 
 log = logging.getLogger(__name__)
@@ -110,27 +107,12 @@ def place_hold(session, redis, product_ref, email, quantity=1, policy=HoldPolicy
     if probe_sold_out and soldout.is_marked(redis, sale.id):
         raise SoldOut(fast=True)
 
-    if is_postgresql(session):
-        return _place_in_line(session, redis, sale.id, email, quantity, policy, idempotency_key,
-                              digest, on_committed)
-    lock = ProductLock(redis, sale.id, policy.lock_ttl_ms, policy.lock_wait_ms,
-                       refuse_if=keys.sold_out(sale.id), read_with=keys.stock_generation(sale.id))
-    try:
-        with lock:
-            # The lock refuses buyers queued behind it once the product is marked sold out; it reads
-            # the stock generation atomically with taking the lock, before the database is asked.
-            hold = _insert_hold(session, redis, sale.id, email, quantity, policy, idempotency_key,
-                                digest, (lock.read_value or b"0").decode())
-    except LockRefused:
-        session.rollback()
-        raise SoldOut(fast=True) from None
-    if hold.created and on_committed:
-        on_committed([hold.order.id], hold.order.hold_expires_at)
-    return PlacedHold(hold.order, hold.created, lock.waited_ms)
+    return _place_in_line(session, redis, sale.id, email, quantity, policy, idempotency_key, digest,
+                          on_committed)
 
 
 def _place_in_line(session, redis, product_id, email, quantity, policy, key, digest, on_committed):
-    """On PostgreSQL: join the product's line; serve batches of it whenever we hold the lock."""
+    """Join the product's line; serve batches of it whenever we hold the lock."""
     ticket = secrets.token_hex(8)
     request = line.Request(ticket, email, quantity, key, digest,
                            time.time() + policy.lock_wait_ms / 1000, new_hold_id())
@@ -189,11 +171,12 @@ def _committed_hold(session, product_id, hold_id, deadline):
 
     Holders refuse a request whose deadline is past by the database clock read under the row lock
     (line._decide). So: wait until the database clock is past our deadline, take the row lock (which
-    waits out any holder that read the clock in time), and look.
+    waits out any holder that read the clock in time), and look. On SQLite the transaction's BEGIN
+    IMMEDIATE takes the writer lock, which waits out the holder just the same (FOR UPDATE renders as
+    nothing there).
     """
     session.rollback()
-    session.execute(text("SELECT pg_sleep(GREATEST(0, :deadline - EXTRACT(EPOCH FROM clock_timestamp())))"),
-                    {"deadline": deadline + 0.001})
+    wait_until_past(session, deadline + 0.001)
     session.execute(select(Product.id).where(Product.id == product_id).with_for_update())
     found = session.execute(select(Order.id).where(Order.id == hold_id)).scalar_one_or_none()
     session.rollback()
@@ -263,62 +246,6 @@ def _attach(session, order):
     make_transient_to_detached(order)
     session.add(order)
     return order
-
-
-@dataclass(frozen=True)
-class _Inserted:
-    order: Order
-    created: bool
-
-
-def _insert_hold(session, redis, product_id, email, quantity, policy, key, digest, generation):
-    """Check derived stock and insert the hold and its event in one transaction under the row lock."""
-    try:
-        # The row lock makes PostgreSQL the arbiter even if the Redis lock lapsed mid-request. Stock is
-        # read by the *next* statement: in READ COMMITTED each statement takes a fresh snapshot, so it
-        # sees every hold committed by whoever held the row lock before us. (Reading it in this same
-        # statement would use a snapshot from before the wait and could oversell.)
-        product = session.execute(
-            select(Product).where(Product.id == product_id).with_for_update()
-        ).scalar_one_or_none()
-        if product is None:
-            raise NotFound("No such product.")
-        _row_locked(product_id, email, policy)
-        now = db_now(session)
-        if key and (replay := _replay(session, key, digest)):
-            session.rollback()
-            return _Inserted(replay, created=False)
-        _check_sale_window(product.sale_starts_at, product.sale_ends_at, now)
-        taken = units_taken(session, product_id, email, now)
-        if taken.by_customer + quantity > product.max_per_customer:
-            raise LimitExceeded(limit=product.max_per_customer, holding=taken.by_customer)
-        available = product.total_stock - taken.units
-        if available < quantity:
-            if available <= 0:
-                soldout.mark_until(redis, product_id, generation, taken.earliest_hold_expiry, now)
-            raise SoldOut(available=max(available, 0))
-        expires = now + timedelta(seconds=policy.hold_seconds)
-        order = Order(product_id=product_id, customer_email=email, quantity=quantity,
-                      status=PENDING, hold_expires_at=expires, created_at=now,
-                      idempotency_key=key, request_digest=digest)
-        session.add(order)
-        session.flush()
-        session.execute(insert(EVENTS).values(
-            event_row(HOLD_CREATED, order.id, product_id, quantity, now)))
-        session.commit()
-    except IntegrityError:
-        # A concurrent request with the same Idempotency-Key for another product committed first.
-        session.rollback()
-        if key and (replay := _replay(session, key, digest)):
-            return _Inserted(replay, created=False)
-        raise
-    except BaseException:
-        session.rollback()
-        raise
-    if available == quantity:
-        earliest = min(filter(None, [taken.earliest_hold_expiry, expires]))
-        soldout.mark_until(redis, product_id, generation, earliest, now)
-    return _Inserted(order, created=True)
 
 
 def _check_sale_window(starts, ends, now):

@@ -81,7 +81,7 @@ def sale_window_refusal(starts, ends, now):
 def serve(session, redis, product_id, requests, hold_seconds, generation, pause=None):
     """Decide and commit a batch of requests under the product's lock; {ticket: answer}."""
     try:
-        with placement.BatchTransaction(session.get_bind()) as transaction:
+        with placement.batch_transaction(session.get_bind()) as transaction:
             sale = transaction.lock_and_read(product_id, {r.email for r in requests},
                                              {r.key for r in requests if r.key}, pause)
             if sale is None:
@@ -109,10 +109,11 @@ def _decide(sale, requests, expires):
     holding = dict(sale.by_customer)
     used_keys = dict(sale.used_keys)
     answers, accepted, refused_for_stock = {}, [], False
-    # Deadlines are judged by the database clock read after the row lock was granted. A buyer that
-    # gets no answer waits until the database clock is past its deadline, then takes the row lock and
-    # looks for its hold (holds._settle_unanswered): a holder that read the clock before the deadline
-    # still holds the row lock then, so the buyer sees its commit; one that reads it later refuses.
+    # Deadlines are judged by the database clock read after the row lock (on SQLite: the writer lock)
+    # was granted. A buyer that gets no answer waits until the database clock is past its deadline,
+    # then takes the row lock and looks for its hold (holds._committed_hold): a holder that read the
+    # clock before the deadline still holds the row lock then, so the buyer sees its commit; one that
+    # reads it later refuses.
     db_clock = sale.now.timestamp()
     for r in requests:
         if r.deadline <= db_clock:  # its buyer has given up waiting

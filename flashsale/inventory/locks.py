@@ -4,7 +4,8 @@ SET NX PX with a random token takes it; a Lua compare-and-delete releases it, so
 lapsed can never delete the next holder's. Waiters do not sleep-poll: they block on a one-slot "wake"
 list that every release pushes to, so Redis hands the lock's release to the longest waiter at once.
 The lock is only an optimisation against a convoy on the database: PostgreSQL's row lock on the product
-is the real arbiter, so a lock that expires mid-request still cannot oversell.
+(SQLite's writer lock in the quick start) is the real arbiter, so a lock that expires mid-request still
+cannot oversell.
 """
 
 import logging

@@ -1,4 +1,6 @@
-"""The hold transaction on PostgreSQL for a batch of buyers: two messages however many it serves.
+"""The hold transaction for a batch of buyers, on each backend (`batch_transaction` picks the class).
+
+PostgreSQL (`BatchTransaction`): two messages however many buyers the batch serves.
 
 Under the product's Redis lock the first message is `BEGIN; SELECT ... FOR UPDATE; WITH ...` (the row
 lock, then one statement reading the database clock, the sale, derived stock, the batch's customers'
@@ -13,14 +15,23 @@ confirming transaction moves, under this same row lock, and that `flask audit` c
 orders) + the quantities of holds still in play (CONFIRMING, or PENDING with an expiry in the future),
 read through a partial index that only holds PENDING and CONFIRMING rows. Its cost follows the holds
 in play, not the sale's history. Which holds count is stock.py's rule, rendered into this SQL.
+
+SQLite (`SQLiteBatchTransaction`, the quick start): the same interface and the same reads, as SQLAlchemy
+Core statements built from the same stock.py rule. `BEGIN IMMEDIATE` takes SQLite's single writer lock,
+which does what the row lock does on PostgreSQL (for every product at once); SQLite runs in-process, so
+there are no round trips to save.
 """
 
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+from sqlalchemy import func, insert, select
 from sqlalchemy.exc import DBAPIError
 
+from ..models import HOLD_CREATED, PENDING, Order, Product
 from . import stock
+from .clock import sqlite_now
+from .ledger import EVENTS, event_row
 
 LOCK_ROW = "SELECT 1 FROM products WHERE id = %(product_id)s FOR UPDATE"
 
@@ -83,6 +94,13 @@ class SaleNow:
 
 def _utc(moment):
     return moment.astimezone(timezone.utc) if moment is not None else None
+
+
+def batch_transaction(engine):
+    """The batch transaction for this engine's backend: PostgreSQL's, or SQLite's (the quick start)."""
+    if engine.dialect.name == "postgresql":
+        return BatchTransaction(engine)
+    return SQLiteBatchTransaction(engine)
 
 
 class BatchTransaction:
@@ -164,3 +182,95 @@ class BatchTransaction:
     def commit(self):
         self.cursor.execute("COMMIT")
         self.open = False
+
+
+ORDERS = Order.__table__
+
+
+class SQLiteBatchTransaction:
+    """One batch's transaction on SQLite, with BatchTransaction's interface.
+
+    It runs on a SQLAlchemy Connection from the app's pool, whose BEGIN is `BEGIN IMMEDIATE`
+    (database.py's begin listener; pysqlite's own transaction handling is off), so beginning takes the
+    writer lock, waiting for it up to the busy timeout. Errors come out as SQLAlchemy's (a busy
+    database is an OperationalError, answered 503), and a connection whose rollback fails is
+    invalidated rather than handed back still holding the lock.
+    """
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def __enter__(self):
+        self.connection = self.engine.connect()
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        dbapi_error = self.engine.dialect.loaded_dbapi.Error
+        try:
+            if self.connection.in_transaction():
+                self.connection.rollback()
+        except (DBAPIError, dbapi_error):
+            self.connection.invalidate()  # never hand back a connection that may still hold the lock
+        finally:
+            self.connection.close()
+        if isinstance(exc, dbapi_error):  # raised by a pause hook straight from the driver
+            raise DBAPIError.instance(None, None, exc, dbapi_error, dialect=self.engine.dialect) from exc
+        return False
+
+    def lock_and_read(self, product_id, emails, keys, pause=None):
+        """BEGIN IMMEDIATE (the writer lock), then read the sale for these buyers; None: no such product."""
+        self.connection.begin()
+        if pause is not None:
+            pause()
+        # The clock is read after the lock was granted: a buyer's deadline is compared with this (line.py).
+        now = sqlite_now()
+        product = self.connection.execute(
+            select(Product.total_stock, Product.max_per_customer, Product.sale_starts_at,
+                   Product.sale_ends_at, Product.confirmed_units).where(Product.id == product_id)
+        ).first()
+        if product is None:
+            return None
+        total, limit, starts, ends, confirmed = product
+        held, earliest = self.connection.execute(
+            select(func.coalesce(func.sum(Order.quantity), 0),
+                   func.min(Order.hold_expires_at).filter(Order.status == PENDING))
+            .where(Order.product_id == product_id, stock.holding_stock(now))
+        ).one()
+        mine = self.connection.execute(
+            select(Order.customer_email, func.sum(Order.quantity))
+            .where(Order.product_id == product_id, Order.customer_email.in_(list(emails)),
+                   stock.counts_against_stock(now))
+            .group_by(Order.customer_email)
+        ).all()
+        used = self.connection.execute(
+            select(Order.idempotency_key, Order.id, Order.request_digest)
+            .where(Order.idempotency_key.in_(list(keys)))
+        ).all() if keys else []
+        return SaleNow(now, total, limit, starts, ends, confirmed + int(held),
+                       _as_utc(earliest), {email: int(units) for email, units in mine},
+                       {key: [hold_id, digest] for key, hold_id, digest in used})
+
+    def insert_and_commit(self, product_id, holds, now, expires):
+        """Insert (id, email, quantity, key, digest) holds and their events, and COMMIT."""
+        if holds:
+            self.connection.execute(insert(ORDERS), [
+                {"id": hold_id, "product_id": product_id, "customer_email": email, "quantity": quantity,
+                 "status": PENDING, "hold_expires_at": expires, "created_at": now,
+                 "idempotency_key": key, "request_digest": digest}
+                for hold_id, email, quantity, key, digest in holds])
+            self.connection.execute(insert(EVENTS), [
+                event_row(HOLD_CREATED, hold_id, product_id, quantity, now)
+                for hold_id, _, quantity, _, _ in holds])
+        self.commit()
+
+    def commit(self):
+        self.connection.commit()
+
+
+def _as_utc(value):
+    """An aware UTC datetime from what SQLite hands back for MIN() of a column it stores as naive UTC text."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)

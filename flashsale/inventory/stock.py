@@ -4,13 +4,13 @@ Taken units belong to CONFIRMED holds, CONFIRMING holds (a confirmation was acce
 decides) and PENDING holds whose hold_expires_at is in the future by the database clock, so a hold
 stops counting the instant it lapses whether or not any expiry job has run (invariant 2).
 
-That rule is written once, here, as SQLAlchemy expressions; the raw SQL of the hot path
-(placement.READ_SALE) is rendered from the same expressions (`rule_sql`), and the audit uses them too.
+That rule is written once, here, as SQLAlchemy expressions: PostgreSQL's raw SQL of the hot path
+(placement.READ_SALE) is rendered from them (`rule_sql`), SQLite's batch transaction
+(placement.SQLiteBatchTransaction) builds its reads from them, and the audit uses them too.
 """
 
 import time
 from dataclasses import dataclass
-from datetime import datetime
 
 from sqlalchemy import and_, func, literal_column, or_, select
 from sqlalchemy.dialects import postgresql
@@ -37,30 +37,6 @@ def rule_sql(rule, now_sql):
     expression = rule(literal_column(now_sql))
     text = expression.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True})
     return f"({text})"  # parenthesised: it is ANDed with other conditions wherever it is used
-
-
-@dataclass(frozen=True)
-class Taken:
-    """Units of one product taken right now, by everyone and by one customer."""
-
-    units: int
-    by_customer: int
-    earliest_hold_expiry: datetime | None
-
-
-def units_taken(session, product_id, email, now):
-    """Units of the product taken at `now` (confirmed, paying, or actively held), overall and by `email`."""
-    row = session.execute(
-        select(
-            func.coalesce(func.sum(Order.quantity), 0),
-            func.coalesce(func.sum(Order.quantity).filter(Order.customer_email == email), 0),
-            func.min(Order.hold_expires_at).filter(Order.status == PENDING),
-        ).where(Order.product_id == product_id, counts_against_stock(now))
-    ).one()
-    earliest = row[2]
-    if isinstance(earliest, str):  # SQLite returns aggregates of datetimes as text
-        earliest = datetime.fromisoformat(earliest)
-    return Taken(int(row[0]), int(row[1]), earliest)
 
 
 @dataclass(frozen=True)
