@@ -36,7 +36,7 @@ from ..models import (
     Product,
     new_hold_id,
 )
-from . import catalog, line, soldout
+from . import catalog, line, snapshot, soldout
 from .clock import db_now, is_postgresql
 from .ledger import EVENTS, event_row, transition_hold
 from .locks import LockRefused, ProductLock
@@ -121,6 +121,8 @@ def place_hold(session, redis, product_ref, email, quantity=1, policy=HoldPolicy
     except LockRefused:
         session.rollback()
         raise SoldOut(fast=True) from None
+    if hold.created:
+        snapshot.move(redis, sale.id, expires=hold.order.hold_expires_at, held=quantity)
     if hold.created and on_committed:
         on_committed([hold.order.id], hold.order.hold_expires_at)
     return PlacedHold(hold.order, hold.created, lock.waited_ms)
@@ -219,7 +221,7 @@ def _serve_line(session, redis, product_id, lock, ticket, policy, on_committed):
             _leave_line(lock)
         raise
     _release(lock)
-    line.answer(redis, product_id, {t: a for t, a in answers.items() if t != ticket})
+    line.answer(redis, product_id, answers, own=ticket)  # and the batch's holds into the stock snapshot
     created = [a for a in answers.values() if isinstance(a, line.Created)]
     if created and on_committed:
         on_committed([a.hold_id for a in created], created[0].hold_expires_at)
@@ -383,4 +385,5 @@ def release_hold_once(session, redis, hold_id, reason="customer"):
         _refuse_release(order)
         raise HoldExpired(expired_at=order.hold_expires_at.isoformat())
     soldout.stock_returned(redis, [won[0]])
+    snapshot.move(redis, won[0], expires=order.hold_expires_at, held=-won[1])
     return session.get(Order, hold_id, populate_existing=True), True
