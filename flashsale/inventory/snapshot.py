@@ -226,7 +226,7 @@ def read_many(session, redis, product_ids, max_age=MAX_AGE_SECONDS):
         paces[product_id] = (rolled, previous, float(raw[3]))
     stale = [pid for pid in product_ids if pid not in found or found[pid].age > max_age]
     if stale:
-        _refresh(session, redis, stale, found)
+        _refresh(session, redis, stale, found, max_age)
     found = {pid: found[pid] for pid in product_ids if pid in found}
     return {pid: replace(snap, load_pace=paces[pid][2],
                          previous_second_polls=paces[pid][1] if paces[pid][0] else None)
@@ -242,12 +242,19 @@ def set_load_pace(redis, product_id, pace):
 
 
 def _read(redis, product_ids):
+    """READ_SCRIPT's answers for the products, in one round trip (EVALSHA: the script is sent once)."""
+    script = _scripts.get(id(redis))
+    if script is None:
+        script = _scripts[id(redis)] = redis.register_script(READ_SCRIPT)
     if len(product_ids) == 1:
-        return [redis.eval(READ_SCRIPT, 3, *_keys(product_ids[0]))]
+        return [script(keys=_keys(product_ids[0]))]
     pipe = redis.pipeline(transaction=False)
     for product_id in product_ids:
-        pipe.eval(READ_SCRIPT, 3, *_keys(product_id))
+        script(keys=_keys(product_id), client=pipe)
     return pipe.execute()
+
+
+_scripts = {}  # id(redis client) -> its registered READ_SCRIPT
 
 
 def _keys(product_id):
@@ -265,12 +272,10 @@ def _parse(product_id, raw):
                     float(starts), float(ends), float(built), now), rolled, previous
 
 
-def _refresh(session, redis, stale, found):
+def _refresh(session, redis, stale, found, max_age):
     """Rebuild the stale snapshots we win the lock for; wait (briefly) for the missing ones others rebuild."""
-    mine = _claim(redis, stale)
-    if mine:
-        found.update(rebuild(session, redis, mine))
-    waiting = [pid for pid in stale if pid not in mine and pid not in found]
+    _rebuild_claimed(session, redis, stale, found, max_age)
+    waiting = [pid for pid in stale if pid not in found]
     deadline = time.monotonic() + WAIT_FOR_REBUILD_SECONDS
     while waiting and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -279,11 +284,35 @@ def _refresh(session, redis, stale, found):
             if snap is not None:
                 found[product_id] = snap
         waiting = [pid for pid in waiting if pid not in found]
-        if waiting and (taken := _claim(redis, waiting)):  # the rebuilder died, or the product is gone
-            found.update(rebuild(session, redis, taken))
-            waiting = [pid for pid in waiting if pid not in taken]  # rebuilt, or not in the database
+        if waiting:  # the rebuilder died, or the product is gone
+            waiting = [pid for pid in waiting
+                       if pid not in _rebuild_claimed(session, redis, waiting, found, max_age)]
     if waiting:
         raise Unavailable("The stock is being recounted; try again in a moment.")
+
+
+def _rebuild_claimed(session, redis, product_ids, found, max_age):
+    """Claim the products' rebuild locks; rebuild those still stale once claimed. Returns the claimed.
+
+    A poll that saw a snapshot missing may claim the lock just after its rebuilder freed it, so the
+    snapshot is read again under the lock: one rebuild per product, not one per waiting poll.
+    """
+    claimed = _claim(redis, product_ids)
+    if not claimed:
+        return claimed
+    stale = []
+    for product_id, raw in zip(claimed, _read(redis, claimed), strict=True):
+        snap = _parse(product_id, raw)[0]
+        if snap is not None and snap.age <= max_age:
+            found[product_id] = snap
+        else:
+            stale.append(product_id)
+    fresh = [pid for pid in claimed if pid not in stale]
+    if fresh:
+        redis.delete(*[keys.stock_snapshot_rebuild(pid) for pid in fresh])
+    if stale:
+        found.update(rebuild(session, redis, stale))
+    return claimed
 
 
 def _claim(redis, product_ids):
