@@ -63,8 +63,13 @@ def stock_snapshot_rebuild(product_id):
 
 
 def stock_watchers(product_id):
-    """Polls of the product's snapshot per second and the pace they were given (a hash)."""
-    return f"{product_tag(product_id)}:snapshot:polls"
+    """How many are watching the product (a hash: the second it was counted, the count)."""
+    return f"{product_tag(product_id)}:snapshot:watchers"
+
+
+def stock_watchers_seen(product_id, minute):
+    """Addresses that polled the product in one minute (epoch minutes), a HyperLogLog."""
+    return f"{product_tag(product_id)}:snapshot:seen:{minute}"
 
 
 def catalog_order():

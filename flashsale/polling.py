@@ -22,7 +22,7 @@ def watch(ref):
     session = db.session
     product_id = catalog.product_id(session, ref)
     try:
-        snap = snapshot.read(session, redis_store.client, product_id)
+        snap = snapshot.read(session, redis_store.client, product_id, watcher=request.remote_addr)
     except NotFound:
         catalog.forget_id(ref)
         raise
@@ -33,19 +33,13 @@ def watch_all():
     """[(snapshot, poll seconds)] for every product, in the sales list's order."""
     session, redis = db.session, redis_store.client
     ids = snapshot.catalog(session, redis)
-    found = snapshot.read_many(session, redis, ids)
+    found = snapshot.read_many(session, redis, ids, watcher=request.remote_addr)
     return [(found[pid], pace(found[pid])) for pid in ids if pid in found]
 
 
 def pace(snap):
-    """Seconds until this watcher's next poll (the first poll of each second updates the load pace)."""
-    pacing = Pacing.from_config(current_app.config)
-    until_start = snap.starts - snap.now
-    load = snap.load_pace
-    if snap.previous_second_polls is not None:
-        load = pacing.next_load_pace(load, snap.previous_second_polls, pacing.base(snap.state, until_start))
-        snapshot.set_load_pace(redis_store.client, snap.product_id, load)
-    return pacing.seconds(snap.state, until_start, load)
+    """Seconds until this watcher's next poll, by the sale's state and how many are watching."""
+    return Pacing.from_config(current_app.config).seconds(snap.state, snap.starts - snap.now, snap.watchers)
 
 
 def product_answer(snap, poll_seconds):

@@ -1,10 +1,12 @@
 """How often a product's watchers should poll it: the server paces them, and the pages follow with jitter.
 
 The pace depends on the sale's state (an upcoming sale an hour away needs a poll a minute; a live one
-every few seconds; a sale sold out or ended far less) and on how many are watching: each product's polls
-are counted per second (snapshot.READ_SCRIPT), and once the watchers would poll more often than
+every few seconds; a sale sold out or ended far less) and on how many are watching: once the watchers
+would poll more often than
 `polls_per_second`, every one of them is asked to wait longer, so that however many thousands watch a
-drop, their polls cost the server about the same.
+drop, their polls cost the server about the same. Watchers are counted as distinct client addresses
+over the last one to two minutes (a HyperLogLog per minute, snapshot.READ_SCRIPT): a measurement, not a
+feedback loop, so the pace cannot run away.
 """
 
 from dataclasses import dataclass
@@ -34,17 +36,7 @@ class Pacing:
             return min(self.upcoming_max, max(self.near_opening, until_start / 10))
         return {"live": self.live, "sold_out": self.sold_out}.get(state, self.ended)
 
-    def seconds(self, state, until_start, load_pace):
-        """What a poll answer tells its watcher: the state's interval, or longer when many are watching."""
-        return round(max(self.base(state, until_start), load_pace), 1)
-
-    def next_load_pace(self, load_pace, last_second_polls, base):
-        """The load interval after a second that saw `last_second_polls` polls.
-
-        Watchers polling every max(base, load_pace) seconds made that many polls, so there are about
-        polls x interval of them; they stay within budget at watchers / polls_per_second. A second's
-        count is noisy, so the pace moves a third of the way each second.
-        """
-        watchers = last_second_polls * max(base, load_pace)
-        wanted = watchers / self.polls_per_second
-        return round((2 * load_pace + wanted) / 3, 2)
+    def seconds(self, state, until_start, watchers):
+        """What a poll answer tells its watcher: the state's interval, or longer when so many watch that
+        they would poll the product more than polls_per_second times a second."""
+        return round(max(self.base(state, until_start), watchers / self.polls_per_second), 1)

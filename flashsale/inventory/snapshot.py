@@ -16,9 +16,16 @@ racing a rebuild can leave the snapshot wrong. So a snapshot older than MAX_AGE_
 the database by one poll (a SET NX lock per product; the others keep serving the previous snapshot),
 and a missing one (Redis flushed, a fresh deploy) likewise by one poll while the others wait for it.
 
-The staleness bound: a poll's answer is never more than MAX_AGE_SECONDS + one rebuild's duration behind
-a movement whose write was lost, and exact (up to the one-second expiry rounding) for every other one.
-It assumes Redis's and the database's clocks agree (same host, or NTP); any skew adds to it.
+Polls of one product in one web process within SHARED_READ_SECONDS (50 ms) share one Redis read, so
+under thousands of polls a second a process reads each product's snapshot at most 20 times a second;
+a movement made by the same process drops its shared read at once.
+
+The staleness bound: a poll's answer is behind a movement made in another process by at most
+SHARED_READ_SECONDS after the movement's Redis write; behind a movement whose write was lost by at most
+MAX_AGE_SECONDS + SHARED_READ_SECONDS + one rebuild's duration (in all, 1.1 s with a rebuild of a few
+ms); lapsed holds come back up to one second late, never early. So it shows "sold out" at most that
+long after the last unit went. It assumes Redis's and the database's clocks agree (same host, or NTP);
+any skew adds to it. A CDN obeying Cache-Control max-age adds its max-age on top.
 """
 
 import json
@@ -46,24 +53,25 @@ CATALOG_TTL_MS = 1000  # the products' order for the list, kept as briefly as a 
 
 log = logging.getLogger(__name__)
 
-# KEYS[1] = snapshot, KEYS[2] = held buckets, KEYS[3] = poll counter. Counts this poll in the current
-# second of Redis's clock. Returns {present, rolled (1: first poll of a new second), polls in the
-# previous second, load pace, now s, now us, and when present: product JSON, total, confirmed, paying,
-# built (epoch s), starts, ends (epoch s), held units}.
+# KEYS[1] = snapshot, KEYS[2] = held buckets, KEYS[3] = watchers' state (a hash), KEYS[4] / KEYS[5] =
+# this / the previous minute's watchers (HyperLogLogs of client addresses); ARGV = addresses of the
+# polls this process answered since its last read. Returns {present, watchers (distinct addresses in
+# the last one to two minutes, recounted once a second), now s, now us, and when present: product
+# JSON, total, confirmed, paying, built (epoch s), starts, ends (epoch s), held units}.
 READ_SCRIPT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local polls = redis.call('HMGET', KEYS[3], 'sec', 'n', 'pace')
-local rolled, previous = 0, 0
-if polls[1] == t[1] then
-  redis.call('HINCRBY', KEYS[3], 'n', 1)
-else
-  rolled = 1
-  if polls[1] and tonumber(t[1]) - tonumber(polls[1]) == 1 then previous = tonumber(polls[2]) end
-  redis.call('HSET', KEYS[3], 'sec', t[1], 'n', 1)
+if #ARGV > 0 and redis.call('PFADD', KEYS[4], unpack(ARGV)) == 1 then
+  redis.call('PEXPIRE', KEYS[4], 180000)
+end
+local watch = redis.call('HMGET', KEYS[3], 'sec', 'watchers')
+local watchers = tonumber(watch[2] or '0')
+if watch[1] ~= t[1] then
+  watchers = redis.call('PFCOUNT', KEYS[4], KEYS[5])
+  redis.call('HSET', KEYS[3], 'sec', t[1], 'watchers', watchers)
   redis.call('PEXPIRE', KEYS[3], 600000)
 end
-local head = {0, rolled, previous, polls[3] or '0', t[1], t[2]}
+local head = {0, watchers, t[1], t[2]}
 local snap = redis.call('HMGET', KEYS[1], 'product', 'total', 'confirmed', 'paying', 'built', 'starts', 'ends')
 if not snap[2] then return head end
 head[1] = 1
@@ -126,9 +134,7 @@ class Snapshot:
     ends: float
     built: float
     now: float
-    load_pace: float = 0.0
-    # Set only on the first poll of a new second: the polls of the second before (for pacing).
-    previous_second_polls: int | None = None
+    watchers: int = 0  # distinct addresses that polled the product in the last minute or two
 
     @property
     def available(self):
@@ -171,6 +177,7 @@ def bucket(hold_expires_at):
 def move(redis, product_id, *, expires=None, held=0, paying=0, confirmed=0):
     """Apply a committed stock movement to the snapshot (best effort: a lost write lasts until the
     next rebuild, MAX_AGE_SECONDS at most). `held` units move in the bucket of `expires`."""
+    moved_here(product_id)
     try:
         redis.eval(MOVE_SCRIPT, 2, keys.stock_snapshot(product_id), keys.stock_snapshot_held(product_id),
                    bucket(expires) if held else "", held, paying, confirmed, TTL_MS)
@@ -181,6 +188,7 @@ def move(redis, product_id, *, expires=None, held=0, paying=0, confirmed=0):
 
 def move_in(pipe, product_id, expires, held):
     """Queue a batch's new holds on a pipeline (the line answers its buyers in the same round trip)."""
+    moved_here(product_id)
     pipe.eval(MOVE_SCRIPT, 2, keys.stock_snapshot(product_id), keys.stock_snapshot_held(product_id),
               bucket(expires), held, 0, 0, TTL_MS)
 
@@ -190,6 +198,7 @@ def forget(redis, product_ids):
     effort, as an old one is rebuilt within MAX_AGE_SECONDS anyway)."""
     doomed = [keys.catalog_order()]
     for product_id in product_ids:
+        moved_here(product_id)
         doomed += [keys.stock_snapshot(product_id), keys.stock_snapshot_held(product_id)]
     try:
         redis.delete(*doomed)
@@ -208,37 +217,60 @@ def catalog(session, redis):
     return ids
 
 
-def read(session, redis, product_id, max_age=MAX_AGE_SECONDS):
+def read(session, redis, product_id, max_age=MAX_AGE_SECONDS, watcher=None):
     """The product's snapshot now; NotFound if the product is gone."""
-    found = read_many(session, redis, [product_id], max_age)
+    found = read_many(session, redis, [product_id], max_age, watcher)
     if product_id not in found:
         raise NotFound("No such product.")
     return found[product_id]
 
 
-def read_many(session, redis, product_ids, max_age=MAX_AGE_SECONDS):
-    """{product id: Snapshot} in one round trip, rebuilding missing or old ones (one rebuilder each)."""
-    found, paces = {}, {}
-    for product_id, raw in zip(product_ids, _read(redis, product_ids), strict=True):
-        snap, rolled, previous = _parse(product_id, raw)
-        if snap is not None:
-            found[product_id] = snap
-        paces[product_id] = (rolled, previous, float(raw[3]))
-    stale = [pid for pid in product_ids if pid not in found or found[pid].age > max_age]
-    if stale:
-        _refresh(session, redis, stale, found, max_age)
-    found = {pid: found[pid] for pid in product_ids if pid in found}
-    return {pid: replace(snap, load_pace=paces[pid][2],
-                         previous_second_polls=paces[pid][1] if paces[pid][0] else None)
-            for pid, snap in found.items()}
+def read_many(session, redis, product_ids, max_age=MAX_AGE_SECONDS, watcher=None):
+    """{product id: Snapshot}, rebuilding missing or old ones (one rebuilder each).
+
+    Polls of the same product in this process within SHARED_READ_SECONDS share one Redis read (its
+    clock moved on by the time since); `watcher` (the client's address) is counted with the next read.
+    """
+    found, missed, moment = {}, [], time.monotonic()
+    for product_id in product_ids:
+        if watcher is not None:
+            _watchers.setdefault(product_id, set()).add(watcher)
+        hit = _shared.get(product_id)
+        if hit is not None and moment - hit[0] < SHARED_READ_SECONDS and max_age >= MAX_AGE_SECONDS:
+            found[product_id] = replace(hit[1], now=hit[1].now + (moment - hit[0]))
+        else:
+            missed.append(product_id)
+    if missed:
+        watching = {}
+        for product_id, raw in zip(missed, _read(redis, missed), strict=True):
+            watching[product_id] = int(raw[1])
+            snap = _parse(product_id, raw)
+            if snap is not None:
+                found[product_id] = snap
+        stale = [pid for pid in missed if pid not in found or found[pid].age > max_age]
+        if stale:
+            _refresh(session, redis, stale, found, max_age)
+        for product_id in missed:
+            if product_id in found:
+                found[product_id] = replace(found[product_id], watchers=watching[product_id])
+                _shared[product_id] = (moment, found[product_id])
+    return {pid: found[pid] for pid in product_ids if pid in found}
 
 
-def set_load_pace(redis, product_id, pace):
-    """Store the pace every watcher of the product gets at least (pacing.Pacing.next_load_pace)."""
-    try:
-        redis.hset(keys.stock_watchers(product_id), "pace", pace)
-    except RedisError:
-        log.warning("could not store the polling pace of product %s", product_id)
+SHARED_READ_SECONDS = 0.05  # adds as much to the staleness bound
+_shared = {}  # product id -> (monotonic read at, Snapshot): this process's polls share a read
+_watchers = {}  # product id -> addresses polling since this process's last read
+
+
+def moved_here(product_id):
+    """A movement in this process: its next poll of the product reads Redis again."""
+    _shared.pop(product_id, None)
+
+
+def forget_shared():
+    """Drop this process's shared reads (between tests)."""
+    _shared.clear()
+    _watchers.clear()
 
 
 def _read(redis, product_ids):
@@ -246,30 +278,34 @@ def _read(redis, product_ids):
     script = _scripts.get(id(redis))
     if script is None:
         script = _scripts[id(redis)] = redis.register_script(READ_SCRIPT)
+    minute = int(time.time() // 60)
     if len(product_ids) == 1:
-        return [script(keys=_keys(product_ids[0]))]
+        pid = product_ids[0]
+        return [script(keys=_keys(pid, minute), args=list(_watchers.pop(pid, ()))[:MAX_ADDRESSES])]
     pipe = redis.pipeline(transaction=False)
-    for product_id in product_ids:
-        script(keys=_keys(product_id), client=pipe)
+    for pid in product_ids:
+        script(keys=_keys(pid, minute), args=list(_watchers.pop(pid, ()))[:MAX_ADDRESSES], client=pipe)
     return pipe.execute()
 
 
+MAX_ADDRESSES = 1000  # watchers counted per read at most
 _scripts = {}  # id(redis client) -> its registered READ_SCRIPT
 
 
-def _keys(product_id):
-    return keys.stock_snapshot(product_id), keys.stock_snapshot_held(product_id), keys.stock_watchers(product_id)
+def _keys(product_id, minute):
+    return (keys.stock_snapshot(product_id), keys.stock_snapshot_held(product_id),
+            keys.stock_watchers(product_id), keys.stock_watchers_seen(product_id, minute),
+            keys.stock_watchers_seen(product_id, minute - 1))
 
 
 def _parse(product_id, raw):
-    """(Snapshot or None when missing, rolled, polls in the previous second) from READ_SCRIPT's answer."""
-    present, rolled, previous = int(raw[0]), int(raw[1]), int(raw[2])
-    now = int(raw[4]) + int(raw[5]) / 1_000_000
-    if not present:
-        return None, rolled, previous
-    product, total, confirmed, paying, built, starts, ends, held = raw[6:14]
+    """The Snapshot in READ_SCRIPT's answer, or None when the snapshot is missing."""
+    if not int(raw[0]):
+        return None
+    now = int(raw[2]) + int(raw[3]) / 1_000_000
+    product, total, confirmed, paying, built, starts, ends, held = raw[4:12]
     return Snapshot(product_id, product.decode(), int(total), int(confirmed), int(paying), int(held),
-                    float(starts), float(ends), float(built), now), rolled, previous
+                    float(starts), float(ends), float(built), now, int(raw[1]))
 
 
 def _refresh(session, redis, stale, found, max_age):
@@ -280,7 +316,7 @@ def _refresh(session, redis, stale, found, max_age):
     while waiting and time.monotonic() < deadline:
         time.sleep(0.01)
         for product_id, raw in zip(waiting, _read(redis, waiting), strict=True):
-            snap = _parse(product_id, raw)[0]
+            snap = _parse(product_id, raw)
             if snap is not None:
                 found[product_id] = snap
         waiting = [pid for pid in waiting if pid not in found]
@@ -302,7 +338,7 @@ def _rebuild_claimed(session, redis, product_ids, found, max_age):
         return claimed
     stale = []
     for product_id, raw in zip(claimed, _read(redis, claimed), strict=True):
-        snap = _parse(product_id, raw)[0]
+        snap = _parse(product_id, raw)
         if snap is not None and snap.age <= max_age:
             found[product_id] = snap
         else:
