@@ -68,6 +68,17 @@ class Config:
     WAITING_ROOM_RATE = _int("WAITING_ROOM_RATE", 50)
     WAITING_ROOM_ADMISSION_SECONDS = _int("WAITING_ROOM_ADMISSION_SECONDS", 90)
 
+    # Watchers' polls (inventory/pacing.py): seconds between polls by sale state, and the polls per
+    # second per product beyond which every watcher is asked to poll less often. Poll answers may be
+    # cached (a CDN) for POLL_MAX_AGE_SECONDS.
+    POLL_LIVE_SECONDS = float(os.environ.get("POLL_LIVE_SECONDS", "3"))
+    POLL_SOLD_OUT_SECONDS = float(os.environ.get("POLL_SOLD_OUT_SECONDS", "10"))
+    POLL_ENDED_SECONDS = float(os.environ.get("POLL_ENDED_SECONDS", "300"))
+    POLL_UPCOMING_MAX_SECONDS = float(os.environ.get("POLL_UPCOMING_MAX_SECONDS", "60"))
+    POLL_NEAR_OPENING_SECONDS = float(os.environ.get("POLL_NEAR_OPENING_SECONDS", "2"))
+    POLL_BUDGET_PER_SECOND = float(os.environ.get("POLL_BUDGET_PER_SECOND", "150"))
+    POLL_MAX_AGE_SECONDS = _int("POLL_MAX_AGE_SECONDS", 1)
+
     ADMIN_TOKEN = os.environ.get("ADMIN_TOKEN") or None
     PAYMENT_GATEWAY = os.environ.get("PAYMENT_GATEWAY", "fake")
     # One payment attempt's lease: an attempt that has not settled by then (its worker died, the

@@ -91,3 +91,74 @@ async def _burst(url, buyers, tag):
         "p95_ms": percentile(latencies, 95) * 1000,
         "p99_ms": percentile(latencies, 99) * 1000,
     }
+
+
+def start_watchers(url, watchers, seconds):
+    """A separate process of `watchers` pages polling `url` at the pace the server gives (see _watch)."""
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, __file__, "watch", url, str(watchers), str(seconds)],
+                            stdout=subprocess.PIPE, text=True)
+
+
+def stop_watchers(proc):
+    """Stop the watchers' process; returns what they did (polls, statuses, the paces they were given)."""
+    import signal
+
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+async def _watch(url, watchers, seconds):
+    """Each watcher is a product page: open at a random instant in the first 3 s, then poll with its ETag,
+    waiting the server's Poll-Seconds with the page's jitter (x0.75-1.25) between polls."""
+    import random
+    import signal
+
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    asyncio.get_running_loop().call_later(seconds, stop.set)
+    statuses, paces, started = {}, [], time.monotonic()
+    connector = aiohttp.TCPConnector(limit=1000)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as http:
+
+        async def pause(wait):
+            try:
+                await asyncio.wait_for(stop.wait(), wait)
+            except TimeoutError:
+                pass
+
+        async def watcher(i):
+            await pause(random.uniform(0, 3))
+            etag, pace = None, 3.0
+            while not stop.is_set():
+                headers = {"X-Forwarded-For": address(i, "watchers")}
+                if etag:
+                    headers["If-None-Match"] = etag
+                try:
+                    async with http.get(url, headers=headers) as response:
+                        await response.read()
+                        status = response.status
+                        etag = response.headers.get("ETag", etag)
+                        pace = float(response.headers.get("Poll-Seconds", pace))
+                except (TimeoutError, aiohttp.ClientError):
+                    status = 0
+                statuses[status] = statuses.get(status, 0) + 1
+                paces.append(pace)
+                await pause(pace * random.uniform(0.75, 1.25))
+
+        await asyncio.gather(*[watcher(i) for i in range(watchers)])
+    elapsed = time.monotonic() - started
+    polls = sum(statuses.values())
+    recent = sorted(paces[-watchers:])
+    return {"watchers": watchers, "polls": polls, "seconds": elapsed, "polls_per_s": polls / elapsed,
+            "statuses": statuses, "pace_p50_s": percentile(recent, 50), "pace_max_s": recent[-1] if recent else None}
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1] == "watch":
+        print(json.dumps(asyncio.run(_watch(sys.argv[2], int(sys.argv[3]), float(sys.argv[4])))), flush=True)

@@ -6,6 +6,10 @@ import statistics
 ROWS = [
     ("hello", "req_per_s", "hello-world ceiling, req/s"),
     ("hello", "cpu_ms_per_request", "hello world, server CPU ms per request"),
+    ("floor404", "req_per_s", "404 under /api/ (the floor a poll is compared with), req/s"),
+    ("poll", "req_per_s", "poll GET /api/products/<id>, req/s"),
+    ("poll", "p99_ms", "poll GET /api/products/<id>, p99 ms"),
+    ("pollpage", "req_per_s", "product page's poll GET /products/<id>/stock, req/s"),
     ("soldout", "req_per_s", "sold-out rejections, req/s"),
     ("soldout", "p99_ms", "sold-out rejections, p99 ms"),
     ("soldout", "cpu_ms_per_request", "sold-out rejection, app CPU ms per request"),
@@ -35,6 +39,15 @@ ROWS = [
     ("burst", "p95_ms", "burst: p95 ms"),
     ("burst", "p99_ms", "burst: p99 ms"),
     ("burst", "cpu_ms_per_request", "burst: app CPU ms per buyer"),
+    ("burst_watched", "won", "burst with 5,000 watchers: holds won (must be 100)"),
+    ("burst_watched", "last_unit_s", "burst with watchers: time until sold out (db clock), s"),
+    ("burst_watched", "sold_out_s", "burst with watchers: time until the last winner had its answer, s"),
+    ("burst_watched", "all_answered_s", "burst with watchers: time until every buyer answered, s"),
+    ("burst_watched", "p50_ms", "burst with watchers: p50 ms"),
+    ("burst_watched", "p95_ms", "burst with watchers: p95 ms"),
+    ("burst_watched", "p99_ms", "burst with watchers: p99 ms"),
+    ("watchers", "polls_per_s", "watchers: polls per second during warm-up and burst"),
+    ("watchers", "pace_p50_s", "watchers: poll_seconds the server gave them, p50"),
 ]
 
 # (name, numerator, denominator, target, passes(value)) computed per round, reported as medians.
@@ -52,6 +65,14 @@ RATIOS = [
      "<= 1.50", lambda r: r <= 1.5),
     ("burst: every buyer answered / every hello-world answer", ("burst", "all_answered_s"),
      ("burst_hello", "all_answered_s"), "<= 1.50", lambda r: r <= 1.5),
+    ("poll / 404 floor", ("poll", "req_per_s"), ("floor404", "req_per_s"), ">= 0.80", lambda r: r >= 0.8),
+    ("page's stock poll / 404 floor", ("pollpage", "req_per_s"), ("floor404", "req_per_s"), ">= 0.80",
+     lambda r: r >= 0.8),
+    *[(f"burst with watchers / burst alone: {label}", ("burst_watched", metric), ("burst", metric),
+       "<= 1.20", lambda r: r <= 1.2)
+      for metric, label in (("last_unit_s", "sold out"), ("sold_out_s", "last winner answered"),
+                            ("all_answered_s", "every buyer answered"), ("p50_ms", "p50"),
+                            ("p95_ms", "p95"), ("p99_ms", "p99"))],
     ("sold-out rejection CPU / hello-world CPU", ("soldout", "cpu_ms_per_request"),
      ("hello", "cpu_ms_per_request"), "(cost)", None),
     ("hold CPU / hello-world CPU", ("hot", "cpu_ms_per_request"), ("hello", "cpu_ms_per_request"),
@@ -154,6 +175,10 @@ def problems(rounds, units):
         if burst and (burst["won"], burst["orders"], burst["events"]) != (units, units, units):
             found.append(f"round {n}: burst won {burst['won']}, orders {burst['orders']}, "
                          f"events {burst['events']} (must all be {units})")
+        watched = r.get("burst_watched")
+        if watched and (watched["won"], watched["orders"], watched["events"]) != (units, units, units):
+            found.append(f"round {n}: burst with watchers won {watched['won']}, orders {watched['orders']}, "
+                         f"events {watched['events']} (must all be {units})")
         if r.get("soldout", {}).get("created"):
             found.append(f"round {n}: {r['soldout']['created']} holds on a sold-out product")
     return found

@@ -187,6 +187,11 @@ def one_round(args, conn, n, server, app, base):
         print(f"  {name:<10} {report.brief(result[name])}", flush=True)
 
     run("hello", base_proc, base_url, ["/hello"], method="GET", connections=clients)
+    # Watching: the app's own 404 under /api/ is the floor a poll is compared with (same middleware,
+    # same error handler), then what a program polls and what the product page polls.
+    run("floor404", app_proc, app_url, ["/api/no-such-thing"], method="GET", connections=clients)
+    run("poll", app_proc, app_url, [f"/api/products/{hot}"], method="GET", connections=clients)
+    run("pollpage", app_proc, app_url, [f"/products/{hot}/stock"], method="GET", connections=clients)
     run("soldout", app_proc, app_url, [holds(gone)], connections=clients)
     run("redis2", base_proc, base_url, [f"/redis/{gone}/holds"], connections=clients)
     run("hot", app_proc, app_url, [holds(hot)], connections=clients)
@@ -204,6 +209,8 @@ def one_round(args, conn, n, server, app, base):
         print(f"  burst_hello 100th answer {result['burst_hello']['answer_100_s']:.2f} s, all "
               f"{result['burst_hello']['all_answered_s']:.2f} s", flush=True)
         run_burst(args, conn, app_url, app_proc, tag, result)
+    if wanted(args, "burst_watched"):
+        run_burst_watched(args, conn, app_url, app_proc, tag, result)
     if "soldout" in result:
         result["soldout"]["created"] = result["soldout"]["statuses"].get(201, 0)
     result["loadavg_after"] = os.getloadavg()
@@ -233,6 +240,27 @@ def run_burst(args, conn, app_url, app_proc, tag, result):
     # Sold out = the last unit taken, by the database clock (same machine, same clock as the client).
     burst["last_unit_s"] = last - burst["started_epoch"] if last is not None else None
     print(f"  burst      {report.brief_burst(result['burst'])}", flush=True)
+
+
+WATCH_WARMUP_S = 12  # pages open over 3 s, then the server's pace settles for the crowd
+
+
+def run_burst_watched(args, conn, app_url, app_proc, tag, result):
+    """The same burst while as many watchers poll the sale's product page at the pace the server gives."""
+    product, = fixtures.make_products(conn, f"{tag}-watched", 1, BURST_UNITS)
+    watchers = load.start_watchers(f"{app_url}/products/{product}/stock", args.burst, WATCH_WARMUP_S + 120)
+    time.sleep(WATCH_WARMUP_S)
+    before = servers.cpu_seconds(app_proc.pid)
+    result["burst_watched"] = burst = load.burst(f"{app_url}/api/products/{product}/holds", args.burst,
+                                                 tag + "w")
+    add_cpu(burst, servers.cpu_seconds(app_proc.pid) - before, args.burst)
+    result["watchers"] = load.stop_watchers(watchers)
+    burst["orders"], burst["events"] = fixtures.count_holds(conn, product)
+    last = fixtures.last_hold_epoch(conn, product)
+    burst["last_unit_s"] = last - burst["started_epoch"] if last is not None else None
+    w = result["watchers"]
+    print(f"  burst+watch {report.brief_burst(burst)}\n  watchers   {w['watchers']} polled "
+          f"{w['polls_per_s']:.0f}/s, pace p50 {w['pace_p50_s']} s, statuses {w['statuses']}", flush=True)
 
 
 def start_profile(args, scenario, server_pid, n):

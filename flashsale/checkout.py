@@ -111,7 +111,7 @@ def confirm_hold(hold_id):
     Returns the Acceptance; refusals (HoldExpired, HoldReleased, NotFound) are raised. If Redis refuses
     the job, the promise stands all the same: reconciliation takes the payment once its lease is due.
     """
-    accepted = confirmation.accept_confirmation(db.session, hold_id)
+    accepted = confirmation.accept_confirmation(db.session, hold_id, redis_store.client)
     if accepted.accepted_now:
         try:
             enqueue_payment(redis_store.queue, hold_id)

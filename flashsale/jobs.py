@@ -65,7 +65,7 @@ def confirm_hold(hold_id):
     accept the confirmation if the hold is still live, then pay, so a confirmation queued then is kept."""
     with _app_context():
         try:
-            accepted = confirmation.accept_confirmation(db.session, hold_id)
+            accepted = confirmation.accept_confirmation(db.session, hold_id, redis_store.client)
         except Exception as refusal:  # noqa: BLE001 - a lapsed or released hold: nothing to pay
             log.info("old confirmation job for %s refused: %s", hold_id, refusal)
             return "refused"

@@ -47,6 +47,36 @@ def stock_generation(product_id):
     return f"{product_tag(product_id)}:stock_gen"
 
 
+def stock_snapshot(product_id):
+    """The product's stock snapshot (a hash): its public JSON, total, confirmed and paying units, built."""
+    return f"{product_tag(product_id)}:snapshot"
+
+
+def stock_snapshot_held(product_id):
+    """Units of the product's PENDING holds by expiry second (a hash): a bucket counts until its second."""
+    return f"{product_tag(product_id)}:snapshot:held"
+
+
+def stock_snapshot_rebuild(product_id):
+    """Taken (SET NX) by the one poll that rebuilds a missing or old snapshot from the database."""
+    return f"{product_tag(product_id)}:snapshot:rebuild"
+
+
+def stock_watchers(product_id):
+    """How many are watching the product (a hash: the second it was counted, the count)."""
+    return f"{product_tag(product_id)}:snapshot:watchers"
+
+
+def stock_watchers_seen(product_id, minute):
+    """Addresses that polled the product in one minute (epoch minutes), a HyperLogLog."""
+    return f"{product_tag(product_id)}:snapshot:seen:{minute}"
+
+
+def catalog_order():
+    """Every product's id in the sales list's order (a JSON list), kept briefly for GET /api/products."""
+    return f"{PREFIX}:catalog:order"
+
+
 def sweep_tick():
     """Claimed once per SWEEP_SECONDS by whichever worker enqueues the sweeper."""
     return f"{PREFIX}:sweep:tick"

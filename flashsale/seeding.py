@@ -15,7 +15,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import delete, func, select
 
 from . import keys
-from .inventory import catalog, soldout
+from .inventory import catalog, snapshot, soldout
 from .models import CONFIRMED, CONFIRMING, InventoryEvent, Order, Payment, Product
 
 SEEDS_DIR = Path(__file__).resolve().parent.parent / "seeds"
@@ -219,6 +219,7 @@ def seed(session, redis, scenario, now=None):
     catalog.forget()
     # A new product may reuse the id of one deleted without its Redis keys: drop any stale mark.
     soldout.stock_returned(redis, new_ids)
+    snapshot.forget(redis, new_ids)  # and the sales list's order: it has new products
     return outcome
 
 
@@ -260,6 +261,7 @@ def reset(session, redis, scenario, now=None, delete_paid=False):
     try:
         done = [replace(item, redis_keys=clear_product_keys(redis, product_id))
                 for item, product_id in zip(done, product_ids, strict=True)]
+        snapshot.forget(redis, product_ids)  # gone with the keys above; the sales list's order too
     except RedisError as error:
         return ResetReport(tuple(done), tuple(key for _, key in payments), f"{error.__class__.__name__}: {error}")
     return ResetReport(tuple(done), tuple(key for _, key in payments))

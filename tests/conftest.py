@@ -14,7 +14,7 @@ from sqlalchemy import create_engine, text
 from config import TestConfig
 from flashsale import create_app
 from flashsale.extensions import db, redis_store
-from flashsale.inventory import catalog, stock
+from flashsale.inventory import catalog, snapshot, stock
 from flashsale.inventory.holds import HoldPolicy
 from flashsale.models import Product
 
@@ -63,6 +63,7 @@ def clean(request):
         redis_store.client.flushdb()
         catalog.forget()
         stock.forget_recent()
+        snapshot.forget_shared()
     yield
 
 

@@ -14,7 +14,8 @@ from tests.live_server import LiveServer, wait_until
 HOLD_KEYS = {"id", "product_id", "email", "quantity", "status", "hold_expires_at", "created_at",
              "confirmation_requested_at", "confirmed_at"}
 PRODUCT_KEYS = {"id", "slug", "name", "description", "price_cents", "total_stock", "available",
-                "max_per_customer", "sale_starts_at", "sale_ends_at", "state", "waiting_room"}
+                "max_per_customer", "sale_starts_at", "sale_ends_at", "state", "waiting_room",
+                "poll_seconds"}  # the server's pace for watchers: an extension of the contract
 
 
 def rows(app):

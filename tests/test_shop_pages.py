@@ -127,8 +127,8 @@ def test_stock_endpoint_reports_available_units_state_and_server_time(client, ma
     assert before["available"] == 2 and before["total"] == 2 and before["state"] == "live"
     assert before["server_time"].endswith("Z")
     place(client, quantity="2")
-    assert client.get("/products/ps5/stock").json | {"server_time": None} == {
-        "available": 0, "total": 2, "state": "sold_out", "server_time": None}
+    assert client.get("/products/ps5/stock").json | {"server_time": None, "poll_seconds": None} == {
+        "available": 0, "total": 2, "state": "sold_out", "server_time": None, "poll_seconds": None}
 
 
 # --- buying: success and idempotency ----------------------------------------------------------------

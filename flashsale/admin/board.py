@@ -8,9 +8,9 @@ from .. import metrics
 from ..api.serialise import iso
 from ..extensions import db, redis_store
 from ..inventory import catalog
+from ..inventory import snapshot as stock_snapshot
 from ..inventory.audit import mask_email
 from ..inventory.clock import db_now, now_expression
-from ..inventory.stock import stock_levels
 from ..inventory.waiting_room import waiting_room_from_config
 from ..models import CONFIRMED, CONFIRMING, EXPIRED, PENDING, RELEASED, Order, Product
 
@@ -22,9 +22,12 @@ def snapshot():
     session = db.session
     redis = redis_store.client
     board = metrics.snapshot(redis)
-    levels = stock_levels(session)
     outcomes = hold_outcomes(session)
     products = session.execute(select(Product).order_by(Product.id)).scalars().all()
+    # The same stock snapshots the watchers poll (inventory/snapshot.py), not a sum over the orders.
+    watched = stock_snapshot.read_many(session, redis, [p.id for p in products])
+    products = [p for p in products if p.id in watched]
+    levels = {pid: snap.level for pid, snap in watched.items()}
     board["products"] = [product_row(p, levels[p.id], outcomes.get(p.id)) for p in products]
     board["payments"] = payment_stats(session)
     board["waiting_rooms"] = waiting_room_rows(redis, [p for p in products if p.waiting_room])

@@ -1,18 +1,14 @@
 """JSON endpoints: products, holds, confirm and release. Thin: parse, call the domain, shape the answer."""
 
 from flask import Blueprint, jsonify, request
-from sqlalchemy import select
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from .. import checkout, soldout_gate
+from .. import checkout, polling, soldout_gate
 from ..errors import InvalidInput
 from ..extensions import db
-from ..inventory import catalog, holds
-from ..inventory.clock import db_now
-from ..inventory.stock import stock_levels
-from ..models import Product
+from ..inventory import holds
 from ..ratelimits import hold_limits
-from .serialise import hold_json, product_json, ticket_json
+from .serialise import hold_json, ticket_json
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 HOLD_FIELDS = {"email", "quantity"}
@@ -20,21 +16,14 @@ HOLD_FIELDS = {"email", "quantity"}
 
 @bp.get("/products")
 def list_products():
-    """Every product with its derived stock and state."""
-    session = db.session
-    products = session.execute(select(Product).order_by(Product.sale_starts_at, Product.id)).scalars()
-    levels = stock_levels(session)
-    now = db_now(session)
-    return jsonify(products=[product_json(p, levels[p.id], now) for p in products])
+    """Every product with its stock and state, from the stock snapshots (polling.py)."""
+    return polling.products_answer(polling.watch_all())
 
 
 @bp.get("/products/<ref>")
 def get_product(ref):
-    """One product by id or slug."""
-    session = db.session
-    product = catalog.find_product(session, ref)
-    level = stock_levels(session, [product.id])[product.id]
-    return jsonify(product_json(product, level, db_now(session)))
+    """One product by id or slug, from its stock snapshot: what programs poll (polling.py)."""
+    return polling.product_answer(*polling.watch(ref))
 
 
 @bp.post("/products/<ref>/holds")

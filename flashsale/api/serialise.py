@@ -26,6 +26,29 @@ def product_json(product, level, now):
     }
 
 
+def static_product_json(product):
+    """The product's fields that only seeding changes (a stock snapshot keeps them as text)."""
+    return {
+        "id": product.id,
+        "slug": product.slug,
+        "name": product.name,
+        "description": product.description,
+        "price_cents": product.price_cents,
+        "total_stock": product.total_stock,
+        "max_per_customer": product.max_per_customer,
+        "sale_starts_at": iso(product.sale_starts_at),
+        "sale_ends_at": iso(product.sale_ends_at),
+        "waiting_room": bool(product.waiting_room),
+    }
+
+
+def polled_product_text(snap, poll_seconds):
+    """A product as JSON text from its stock snapshot (the product shape plus poll_seconds), built
+    without parsing: this is what thousands of watchers poll."""
+    return (f'{snap.product_json[:-1]},"available":{snap.available},"state":"{snap.state}",'
+            f'"poll_seconds":{poll_seconds}}}')
+
+
 def hold_json(order):
     """A hold: the order as its owner sees it."""
     return {

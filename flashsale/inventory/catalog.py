@@ -21,6 +21,8 @@ MAX_ID = 2**31 - 1  # PostgreSQL integer: a bigger id is unknown, never an overf
 CACHE_SECONDS = 10.0
 
 _cache = {}
+_ids = {}  # ref -> product id, for good: a product's id and slug never change
+MAX_IDS = 10_000
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,22 @@ def find_product(session, ref):
     return product
 
 
+def product_id(session, ref):
+    """The id of the product `ref` names, remembered by this process (watchers' polls need no database)."""
+    hit = _ids.get(ref)
+    if hit is None:
+        if len(_ids) >= MAX_IDS:
+            _ids.clear()
+        hit = _ids[ref] = find_product(session, ref).id
+        session.rollback()
+    return hit
+
+
+def forget_id(ref):
+    """Forget what `ref` named (its product is gone)."""
+    _ids.pop(ref, None)
+
+
 def sale_info(session, ref):
     """SaleInfo for `ref`, cached for CACHE_SECONDS; the transaction re-checks what matters under lock."""
     hit = _cache.get(ref)
@@ -85,5 +103,6 @@ def cached_sale_info(ref):
 
 
 def forget():
-    """Drop cached sale info (after seeding, and between tests)."""
+    """Drop cached sale info and ids (after seeding, and between tests)."""
     _cache.clear()
+    _ids.clear()

@@ -13,6 +13,7 @@ from sqlalchemy import insert, select
 
 from ..errors import HoldExpired, HoldReleased
 from ..models import CONFIRMED, CONFIRMING, EXPIRED, RELEASED, STARTED, Order, Payment, Product
+from . import snapshot
 from .clock import now_expression
 from .holds import get_hold, is_lapsed
 from .ledger import transition_hold
@@ -34,8 +35,10 @@ class Acceptance:
     accepted_now: bool
 
 
-def accept_confirmation(session, hold_id):
+def accept_confirmation(session, hold_id, redis=None):
     """Accept the shopper's confirmation of a live hold, or say it was already accepted.
+
+    With `redis`, the hold's units move from held to paying in the product's stock snapshot.
 
     Raises HoldExpired once the hold has lapsed by the database clock (recorded or not), HoldReleased
     for a released hold. A second click, or two at once, accept once.
@@ -60,7 +63,10 @@ def accept_confirmation(session, hold_id):
         order_id=hold_id, amount_cents=amount, idempotency_key=payment_key(hold_id), state=STARTED,
         attempts=0, created_at=now_expression(session)))
     session.commit()
-    return Acceptance(session.get(Order, hold_id, populate_existing=True), True)
+    accepted = session.get(Order, hold_id, populate_existing=True)
+    if redis is not None:
+        snapshot.move(redis, won[0], expires=accepted.hold_expires_at, held=-won[1], paying=won[1])
+    return Acceptance(accepted, True)
 
 
 def _refuse_if_over(session, order):

@@ -34,7 +34,7 @@ from ..models import (
     Product,
     new_hold_id,
 )
-from . import catalog, line, soldout
+from . import catalog, line, snapshot, soldout
 from .clock import db_now, wait_until_past
 from .ledger import transition_hold
 from .locks import LockRefused, ProductLock
@@ -206,7 +206,7 @@ def _serve_line(session, redis, product_id, lock, ticket, policy, on_committed):
             _leave_line(lock)
         raise
     _release(lock)
-    line.answer(redis, product_id, {t: a for t, a in answers.items() if t != ticket})
+    line.answer(redis, product_id, answers, own=ticket)  # and the batch's holds into the stock snapshot
     created = [a for a in answers.values() if isinstance(a, line.Created)]
     if created and on_committed:
         on_committed([a.hold_id for a in created], created[0].hold_expires_at)
@@ -315,4 +315,5 @@ def release_hold_once(session, redis, hold_id, reason="customer"):
         _refuse_release(order)
         raise HoldExpired(expired_at=order.hold_expires_at.isoformat())
     soldout.stock_returned(redis, [won[0]])
+    snapshot.move(redis, won[0], expires=order.hold_expires_at, held=-won[1])
     return session.get(Order, hold_id, populate_existing=True), True

@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 
 from .. import errors, keys
 from ..models import Order
-from . import placement, soldout
+from . import placement, snapshot, soldout
 
 BATCH = 50  # requests served per lock acquisition (one statement inserts them all)
 REPLY_TTL_MS = 60_000  # an answer nobody picks up (its buyer gave up) disappears
@@ -60,6 +60,7 @@ class Created:
     hold_id: str
     hold_expires_at: datetime
     created_at: datetime
+    quantity: int = 0  # known to the holder that decided it (the stock snapshot counts it)
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,7 @@ def _decide(sale, requests, expires):
         if r.key:
             used_keys[r.key] = (hold_id, r.digest)
         accepted.append((hold_id, r.email, r.quantity, r.key, r.digest))
-        answers[r.ticket] = Created(hold_id, expires, sale.now)
+        answers[r.ticket] = Created(hold_id, expires, sale.now, r.quantity)
     return answers, accepted, available, refused_for_stock
 
 
@@ -181,16 +182,22 @@ def decode_answer(raw):
     return REFUSALS.get(data["refused"], errors.Unavailable)(data["message"], **data["details"])
 
 
-def answer(redis, product_id, answers):
-    """Push each answer to its buyer's reply list in one round trip (best effort: buyers time out)."""
-    if not answers:
+def answer(redis, product_id, answers, own=None):
+    """Push each answer but the holder's own (ticket `own`) to its buyer's reply list, and add the
+    batch's new holds to the stock snapshot, in one round trip after the lock is released (best
+    effort: buyers time out, and the snapshot is rebuilt within snapshot.MAX_AGE_SECONDS)."""
+    created = [a for a in answers.values() if isinstance(a, Created)]
+    others = {t: a for t, a in answers.items() if t != own}
+    if not others and not created:
         return
     try:
         pipe = redis.pipeline(transaction=False)
-        for ticket, outcome in answers.items():
+        for ticket, outcome in others.items():
             reply = keys.line_reply(product_id, ticket)
             pipe.lpush(reply, encode_answer(outcome))
             pipe.pexpire(reply, REPLY_TTL_MS)
+        if created:  # the stock moved: one commit, one expiry for the whole batch
+            snapshot.move_in(pipe, product_id, created[0].hold_expires_at, sum(a.quantity for a in created))
         pipe.execute()
     except RedisError:
-        log.warning("could not answer %d buyers of product %s", len(answers), product_id)
+        log.warning("could not answer %d buyers of product %s", len(others), product_id)

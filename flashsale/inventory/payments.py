@@ -31,7 +31,7 @@ from ..models import (
     Order,
     Payment,
 )
-from . import soldout
+from . import snapshot, soldout
 from .clock import db_now, is_postgresql, now_expression
 from .ledger import transition_hold
 from .waiting_room import close_line_when_sold
@@ -119,6 +119,7 @@ def settle(session, redis, hold_id, charge, gateway):
         latency = _confirmation_latency(session, hold_id) if won else None
         session.commit()
         if won:
+            snapshot.move(redis, won[0], paying=-won[1], confirmed=won[1])
             close_line_when_sold(session, redis, won[0])
             return Settled(CONFIRMED, "confirmed", latency)
         status = _status(session, hold_id)
@@ -133,6 +134,7 @@ def settle(session, redis, hold_id, charge, gateway):
     session.commit()
     if won:
         soldout.stock_returned(redis, [won[0]])
+        snapshot.move(redis, won[0], paying=-won[1])
         return Settled(RELEASED, "refused")
     return Settled(_status(session, hold_id), "skipped")
 
@@ -201,6 +203,7 @@ def _give_up(session, redis, hold_id):
     session.commit()
     if won:
         soldout.stock_returned(redis, [won[0]])
+        snapshot.move(redis, won[0], paying=-won[1])
         return Settled(RELEASED, "voided")
     return Settled(_status(session, hold_id), "skipped")
 

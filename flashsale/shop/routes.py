@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from flask import Blueprint, abort, current_app, flash, jsonify, redirect, render_template, url_for
 from sqlalchemy import select
 
-from .. import checkout
+from .. import checkout, polling
 from ..api.serialise import iso
 from ..errors import (
     FlashsaleError,
@@ -55,13 +55,9 @@ def product(ref):
 
 @bp.get("/products/<ref>/stock")
 def product_stock(ref):
-    """JSON for the product page's poll: available units, sale state and the server's clock."""
-    session = db.session
-    found = catalog.find_product(session, ref)
-    level = stock_levels(session, [found.id])[found.id]
-    now = db_now(session)
-    return jsonify(available=level.available, total=level.total,
-                   state=sale_state(found, level.available, now), server_time=iso(now))
+    """JSON for the product page's poll: available units, sale state, the server's clock and when to poll
+    next, from the stock snapshot (polling.py)."""
+    return polling.stock_answer(*polling.watch(ref))
 
 
 @bp.post("/products/<ref>/hold")

@@ -35,10 +35,35 @@
     if (button) button.textContent = stock.state === "live" ? button.getAttribute("data-open-label") : BUTTONS[stock.state];
   }
 
-  var poller = FS.poll(function () {
-    return FS.getJSON(page.getAttribute("data-stock-url")).then(show);
-  }, POLL_MS);
+  // The server paces its watchers (poll_seconds, longer when many watch or nothing can change) and
+  // each page adds jitter, so thousands of pages do not poll in lockstep. An unchanged stock answers
+  // 304 to our If-None-Match, with no body.
+  var paceMs = POLL_MS;
+  var etag = null;
+  function jittered(ms) {
+    return ms * (0.75 + Math.random() * 0.5);
+  }
+  function poll() {
+    var headers = { Accept: "application/json" };
+    if (etag) headers["If-None-Match"] = etag;
+    return fetch(page.getAttribute("data-stock-url"), { headers: headers, credentials: "same-origin", cache: "no-store" })
+      .then(function (response) {
+        var pace = parseFloat(response.headers.get("Poll-Seconds"));
+        if (pace > 0) paceMs = pace * 1000;
+        if (response.status === 304) return;
+        if (!response.ok) throw new Error("stock answered " + response.status);
+        etag = response.headers.get("ETag");
+        return response.json().then(show);
+      });
+  }
+  page.setAttribute("data-poll-ms", String(paceMs));
+  var poller = FS.poll(poll, function () {
+    var wait = jittered(paceMs);
+    page.setAttribute("data-poll-ms", String(Math.round(paceMs)));
+    return wait;
+  });
   page.addEventListener("fs:countdown-done", function () {
-    poller.now();
+    // The opening: every page sees it at once, so each one asks within a second, not all at once.
+    setTimeout(poller.now, Math.random() * 1000);
   });
 })();
