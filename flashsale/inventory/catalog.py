@@ -14,11 +14,10 @@ SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,79}$")
 MAX_ID = 2**31 - 1  # PostgreSQL integer: a bigger id is unknown, never an overflow error
 # How long a process trusts what it read of a product. Under the lock the database decides the window and
 # the limits, and the sold-out gate answers only from the mark, so a stale read never sells what the
-# database would refuse; for at most this long after a product's window, limits or waiting room are
-# changed, a process may still refuse a buyer by the old ones (or, for a waiting room switched on
-# while live, place holds without an admission). Ten seconds keeps a sale spread over
-# a hundred products (one or two buyers per product per second) from reading its product per request.
-CACHE_SECONDS = 10.0
+# database would refuse. Kept short because nothing tells other processes that a product changed (a
+# re-seed, an edit): ten seconds, tried for sales spread over 100 products, kept refusing buyers by a
+# re-created product's old limits in a long-lived web process.
+CACHE_SECONDS = 2.0
 
 _cache = {}
 _ids = {}  # ref -> product id, for good: a product's id and slug never change
