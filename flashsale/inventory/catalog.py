@@ -20,7 +20,7 @@ MAX_ID = 2**31 - 1  # PostgreSQL integer: a bigger id is unknown, never an overf
 CACHE_SECONDS = 2.0
 
 _cache = {}
-_ids = {}  # ref -> product id, for good: a product's id and slug never change
+_ids = {}  # ref -> (monotonic expiry, product id)
 MAX_IDS = 10_000
 
 
@@ -59,14 +59,16 @@ def find_product(session, ref):
 
 
 def product_id(session, ref):
-    """The id of the product `ref` names, remembered by this process (watchers' polls need no database)."""
+    """The id of the product `ref` names, remembered by this process for CACHE_SECONDS (a watcher's
+    poll reads the database once per product every CACHE_SECONDS, not per poll; not for good: a
+    product deleted and made again under its slug has a new id)."""
     hit = _ids.get(ref)
-    if hit is None:
+    if hit is None or hit[0] <= time.monotonic():
         if len(_ids) >= MAX_IDS:
             _ids.clear()
-        hit = _ids[ref] = find_product(session, ref).id
+        hit = _ids[ref] = (time.monotonic() + CACHE_SECONDS, find_product(session, ref).id)
         session.rollback()
-    return hit
+    return hit[1]
 
 
 def forget_id(ref):
