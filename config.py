@@ -62,6 +62,8 @@ class Config:
     # Answer sold-out hold requests in front of Flask, in one Redis round trip (soldout_gate.py);
     # off, Flask gives the same answers more slowly.
     SOLD_OUT_GATE = _bool("SOLD_OUT_GATE", True)
+    # Answer watchers' polls from the stock snapshot in front of Flask (poll_gate.py); off, Flask does.
+    POLL_GATE = _bool("POLL_GATE", True)
 
     # Waiting rooms (products with waiting_room on): shoppers admitted per second unless the product
     # sets its own admission_rate, and how long an admission stays valid for placing the hold.

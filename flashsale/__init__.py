@@ -13,9 +13,12 @@ def create_app(config_object=Config, **overrides):
     app.config.from_object(config_object)
     app.config.update(overrides)
     _check_secret_key(app)
-    from . import soldout_gate
+    from . import poll_gate, soldout_gate
 
-    soldout_gate.install(app)  # in front of Flask, behind ProxyFix (it needs the client's address)
+    # In front of Flask, behind ProxyFix (they need the client's address): the answers most of a
+    # flash sale's requests get, without Flask.
+    soldout_gate.install(app)
+    poll_gate.install(app)
     if app.config["TRUSTED_PROXIES"]:
         # Believe X-Forwarded-For only for as many hops as we run proxies; a client cannot forge past them.
         hops = app.config["TRUSTED_PROXIES"]

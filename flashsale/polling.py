@@ -44,7 +44,12 @@ def pace(snap):
 
 def product_answer(snap, poll_seconds):
     """GET /api/products/<ref>: the product from its snapshot."""
-    return cached(polled_product_text(snap, poll_seconds), snap.etag, poll_seconds)
+    return cached(*product_body(snap, poll_seconds), poll_seconds)
+
+
+def product_body(snap, poll_seconds):
+    """(JSON text, ETag) of GET /api/products/<ref> (the poll gate answers with the same)."""
+    return polled_product_text(snap, poll_seconds), snap.etag
 
 
 def products_answer(watched):
@@ -59,19 +64,34 @@ def products_answer(watched):
 
 def stock_answer(snap, poll_seconds):
     """The product page's poll: available units, total, state, the server's clock and the pace."""
+    return cached(*stock_body(snap, poll_seconds), poll_seconds)
+
+
+def stock_body(snap, poll_seconds):
+    """(JSON text, ETag) of the product page's poll (the poll gate answers with the same)."""
     now = iso(datetime.fromtimestamp(snap.now, timezone.utc))
     body = (f'{{"available":{snap.available},"total":{snap.total},"state":"{snap.state}",'
             f'"server_time":"{now}","poll_seconds":{poll_seconds}}}')
-    return cached(body, snap.etag, poll_seconds)
+    return body, snap.etag
 
 
 def cached(body, etag, poll_seconds):
     """A JSON answer a cache may keep briefly, or 304 when the client already has this ETag."""
-    headers = {"ETag": etag, "Cache-Control": f"public, max-age={current_app.config['POLL_MAX_AGE_SECONDS']}",
-               "Poll-Seconds": str(poll_seconds)}
-    if _matches(request.headers.get("If-None-Match"), etag):
+    headers = caching_headers(current_app.config, etag, poll_seconds)
+    if matches(request.headers.get("If-None-Match"), etag):
         return current_app.response_class(status=304, headers=headers)
     return current_app.response_class(body, 200, headers, mimetype="application/json")
+
+
+def caching_headers(config, etag, poll_seconds):
+    """The poll answer's ETag, Cache-Control and Poll-Seconds headers."""
+    return {"ETag": etag, "Cache-Control": f"public, max-age={config['POLL_MAX_AGE_SECONDS']}",
+            "Poll-Seconds": str(poll_seconds)}
+
+
+def matches(if_none_match, etag):
+    """True when an If-None-Match header names this ETag (or *)."""
+    return _matches(if_none_match, etag)
 
 
 def _matches(if_none_match, etag):

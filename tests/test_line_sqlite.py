@@ -20,6 +20,7 @@ from flashsale.inventory import catalog, holds, line, locks, placement, stock
 from flashsale.inventory.audit import audit
 from flashsale.models import InventoryEvent, Order, Product
 from tests.live_server import wait_until
+from tests.test_races import _take_the_line
 
 
 @pytest.fixture(scope="module")
@@ -298,12 +299,6 @@ def _buyer_in_line_behind(lite, policy, outcome):
     thread = threading.Thread(target=run)
     thread.start()
     return thread
-
-
-def _take_the_line(redis, product_id):
-    raw = wait_until(lambda: redis.lpop(keys.lock_line(product_id)), 5, interval=0.002,
-                     message="the buyer to join the line")
-    return line.Request.decode(raw)
 
 
 def test_a_hold_committed_for_a_buyer_who_was_never_answered_is_found_under_the_writer_lock(

@@ -10,20 +10,8 @@ def product_json(product, level, now):
     """A product with its derived stock and sale state."""
     from ..inventory.stock import sale_state
 
-    return {
-        "id": product.id,
-        "slug": product.slug,
-        "name": product.name,
-        "description": product.description,
-        "price_cents": product.price_cents,
-        "total_stock": product.total_stock,
-        "available": level.available,
-        "max_per_customer": product.max_per_customer,
-        "sale_starts_at": iso(product.sale_starts_at),
-        "sale_ends_at": iso(product.sale_ends_at),
-        "state": sale_state(product, level.available, now),
-        "waiting_room": bool(product.waiting_room),
-    }
+    return {**static_product_json(product), "available": level.available,
+            "state": sale_state(product, level.available, now)}
 
 
 def static_product_json(product):

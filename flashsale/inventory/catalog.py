@@ -71,6 +71,12 @@ def product_id(session, ref):
     return hit[1]
 
 
+def cached_product_id(ref):
+    """The id product_id resolved for `ref` less than CACHE_SECONDS ago, else None (no database)."""
+    hit = _ids.get(ref)
+    return hit[1] if hit is not None and hit[0] > time.monotonic() else None
+
+
 def forget_id(ref):
     """Forget what `ref` named (its product is gone)."""
     _ids.pop(ref, None)

@@ -248,13 +248,22 @@ def read_many(session, redis, product_ids, max_age=MAX_AGE_SECONDS, watcher=None
             if snap is not None:
                 found[product_id] = snap
         stale = [pid for pid in missed if pid not in found or found[pid].age > max_age]
-        if stale:
+        if stale and session is None:  # read_fresh: no database here, the caller lets Flask rebuild
+            for product_id in stale:
+                found.pop(product_id, None)
+        elif stale:
             _refresh(session, redis, stale, found, max_age)
         for product_id in missed:
             if product_id in found:
                 found[product_id] = replace(found[product_id], watchers=watching[product_id])
                 _shared[product_id] = (moment, found[product_id])
     return {pid: found[pid] for pid in product_ids if pid in found}
+
+
+def read_fresh(redis, product_id, watcher=None):
+    """The product's snapshot if this process's shared read or Redis has one young enough, else None:
+    no database (the poll gate hands such a poll to Flask, which rebuilds it)."""
+    return read_many(None, redis, [product_id], watcher=watcher).get(product_id)
 
 
 SHARED_READ_SECONDS = 0.05  # adds as much to the staleness bound
