@@ -126,3 +126,59 @@ def test_a_hundred_winners_confirming_at_once_with_one_worker_are_all_confirmed(
           f"(serial ceiling 4/s)")
     assert all(o.status == "CONFIRMED" for o in final.values())  # none expired, though holds last 8 s
     assert_audit_passes(app)
+
+
+def test_a_confirmation_judged_live_before_the_expiry_commits_before_a_batch_can_resell_the_units(
+        app, make_product, monkeypatch):
+    """The race behind the sampler's one oversell: a confirmation whose conditional update saw the hold
+    live, still uncommitted when the expiry instant passes, and a newcomer's batch reading the clock in
+    between. The confirmation holds the product's row lock, so the batch waits and then sees CONFIRMING."""
+    from flashsale.errors import SoldOut
+    from flashsale.extensions import redis_store
+    from flashsale.inventory import confirmation, holds
+
+    make_product(slug="edge1", total_stock=1)
+    with app.app_context():
+        placed = holds.place_hold(db.session, redis_store.client, "edge1", "first@x.io", 1,
+                                  holds.HoldPolicy(hold_seconds=1))
+        expires = placed.hold.hold_expires_at
+        db.session.remove()
+    from flashsale.inventory import ledger
+
+    updated, original = threading.Event(), ledger.event_row
+
+    def judged_then_slow(event_type, *args, **kwargs):
+        # Called between the conditional UPDATE (the hold judged live by its clock) and the event's INSERT.
+        if event_type == "CONFIRMING":
+            updated.set()
+            pause = (expires - datetime.now(timezone.utc)).total_seconds() + 0.5
+            time.sleep(max(pause, 0))  # aiming past the expiry instant, not waiting for a thread
+        return original(event_type, *args, **kwargs)
+
+    monkeypatch.setattr(ledger, "event_row", judged_then_slow)
+    outcome = {}
+
+    def confirm():
+        with app.app_context():
+            outcome["accepted"] = confirmation.accept_confirmation(db.session, placed.hold.id).accepted_now
+            db.session.remove()
+
+    confirmer = threading.Thread(target=confirm)
+    confirmer.start()
+    assert updated.wait(10), "the confirmation's update ran"
+    wait_until(lambda: datetime.now(timezone.utc) > expires + timedelta(milliseconds=100), 5,
+               message="the expiry instant to pass")
+    with app.app_context():
+        with pytest.raises(SoldOut) as refused:  # waits for the confirmation's commit, then counts it
+            holds.place_hold(db.session, redis_store.client, "edge1", "newcomer@x.io", 1,
+                             holds.HoldPolicy(lock_wait_ms=10_000))
+        assert refused.value.details == {"available": 0}
+        db.session.remove()
+    confirmer.join(10)
+    assert outcome == {"accepted": True}
+    with app.app_context():
+        level = stock_levels(db.session)
+        db.session.remove()
+    [stock] = level.values()
+    assert stock.paying + stock.held + stock.confirmed == 1  # one unit, one buyer
+    assert_audit_passes(app)

@@ -47,7 +47,13 @@ def accept_confirmation(session, hold_id, redis=None):
     if order.status in (CONFIRMING, CONFIRMED):
         return Acceptance(order, False)
     _refuse_if_over(session, order)
-    price = session.execute(select(Product.price_cents).where(Product.id == order.product_id)).scalar_one()
+    # The product's row lock, as the line's batches take it, before the hold is judged live: otherwise
+    # a confirmation judged live just before the expiry instant could commit just after it, while a batch
+    # that read the clock in between gave the lapsing units to a newcomer (both would count: oversell).
+    # Under the lock the clock of the conditional update below is read after any such batch committed,
+    # and a batch that comes after sees this hold CONFIRMING. (SQLite: BEGIN IMMEDIATE already did this.)
+    price = session.execute(select(Product.price_cents).where(Product.id == order.product_id)
+                            .with_for_update()).scalar_one()
     amount = order.quantity * price
     won = transition_hold(session, hold_id, CONFIRMING, still_live=True, commit=False,
                           metadata={"amount_cents": amount})
