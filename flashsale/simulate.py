@@ -501,7 +501,7 @@ def simulate_command(url, scenario, product, buyers, arrival, ramp_seconds, quan
     except (TypeError, ValueError) as error:
         raise click.UsageError(str(error)) from None
     report = asyncio.run(_simulate(url, crowd, random.Random(rng_seed), concurrency, settle_seconds,
-                                   wait_expiry))
+                                   wait_expiry, reseeded=bool(scenario and reseed)))
     click.echo(json.dumps(report, indent=2) if as_json else render(report))
     if not report["ok"]:
         sys.exit(1)
@@ -524,8 +524,14 @@ def _reseed(loaded):
     db.session.remove()
 
 
-async def _simulate(url, crowd, rng, concurrency, settle_seconds, wait_expiry):
+async def _simulate(url, crowd, rng, concurrency, settle_seconds, wait_expiry, reseeded=False):
     before = await fetch_json(f"{url}/api/products/{crowd.product}")
+    # After a reseed the server's stock snapshot may lag the reset by up to its staleness bound
+    # (about a second: docs/benchmark.md, "Watching"): wait, with a deadline, until it shows the full stock.
+    deadline = time.monotonic() + 3
+    while reseeded and before["available"] != before["total_stock"] and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        before = await fetch_json(f"{url}/api/products/{crowd.product}")
     buyers = plan_buyers(crowd, rng, uuid.uuid4().hex[:8])
     with click.progressbar(length=len(buyers), label="buyers answered", file=sys.stderr) as bar:
         results, elapsed = await play(url, crowd, buyers, concurrency, on_answer=lambda _r: bar.update(1),
