@@ -8,8 +8,8 @@ WSGI layer in front of Flask (inside ProxyFix, so it sees the client's real addr
 
 - the request is one the view would get as far as the sold-out check: a JSON object with only `email`
   and `quantity`, both valid, no Idempotency-Key (a key may name a hold made before the sale sold out:
-  only the database can replay it), a product this process read less than two seconds ago
-  (catalog.cached_sale_info), without a waiting room, inside its sale window by this process's clock,
+  only the database can replay it), a product this process read less than two seconds ago (or
+  three, while one buyer has Flask read it again: catalog.cached_sale_info), without a waiting room, inside its sale window by this process's clock,
   within its per-customer limit;
 - then one Lua script (GATE_SCRIPT) does, atomically, what the refusal needs: if the product's sold-out
   mark is not set it changes nothing and the request goes on to Flask as if the gate were not there;

@@ -202,3 +202,22 @@ def test_the_gate_loads_its_script_again_after_redis_forgets_it(limited, sold_ou
         response = client.post(f"/api/products/{sold_out}/holds", json={"email": "two@example.com"})
         assert response.status_code == 409
         assert int(redis_store.client.hget("fs:metrics:totals", "sold_out")) == 2
+
+
+def test_an_expired_product_read_sends_one_buyer_through_flask_while_it_is_read_again(monkeypatch):
+    import time as clock
+
+    from flashsale.inventory.catalog import SaleInfo
+
+    catalog.forget()
+    info = SaleInfo(1, "p", 1, 1, None, None)
+    now = [1000.0]
+    monkeypatch.setattr(clock, "monotonic", lambda: now[0])
+    catalog._cache["p"] = (now[0] + catalog.CACHE_SECONDS, info)
+    assert catalog.cached_sale_info("p") is info
+    now[0] += catalog.CACHE_SECONDS + 0.1  # the read expired
+    assert catalog.cached_sale_info("p") is None  # this buyer goes through Flask, which reads it again
+    assert catalog.cached_sale_info("p") is info  # the others keep the old read meanwhile
+    now[0] += catalog.REFRESH_GRACE + 0.1  # no new read landed within the grace
+    assert catalog.cached_sale_info("p") is None
+    catalog.forget()

@@ -104,12 +104,31 @@ def sale_info(session, ref):
 
 
 def cached_sale_info(ref):
-    """SaleInfo for `ref` if this process read it less than CACHE_SECONDS ago, else None (no database)."""
+    """SaleInfo for `ref` as this process last read it, or None: let Flask read it (no database here).
+
+    Past CACHE_SECONDS the first caller gets None, and so reads it through Flask; for REFRESH_GRACE
+    seconds after that, while that read is in flight, the others keep the old one, so that a process
+    answering thousands of sold-out buyers a second sends one of them through Flask when the read
+    expires rather than every buyer arriving until the new read lands.
+    """
     hit = _cache.get(ref)
-    return hit[1] if hit and hit[0] > time.monotonic() else None
+    if hit is None:
+        return None
+    now = time.monotonic()
+    if hit[0] > now:
+        return hit[1]
+    if _refreshing.get(ref, 0.0) > now:
+        return hit[1]
+    _refreshing[ref] = now + REFRESH_GRACE
+    return None
+
+
+REFRESH_GRACE = 1.0
+_refreshing = {}  # ref -> monotonic time until which a read through Flask is in flight
 
 
 def forget():
     """Drop cached sale info and ids (after seeding, and between tests)."""
     _cache.clear()
     _ids.clear()
+    _refreshing.clear()
