@@ -80,12 +80,10 @@ class PollGate:
         """The headers the app's after-request hooks add to this kind of answer, rendered once."""
         key = (kind, scheme)
         if key not in self._static:
-            from .security import add_security_headers
+            from .security import rendered_with_hooks
 
             path = "/api/products/0" if kind == "product" else "/products/0/stock"
-            base = "https://localhost" if scheme == "https" else "http://localhost"
-            with self.app.test_request_context(path, base_url=base):
-                response = add_security_headers(self.app.response_class(""))
+            response = rendered_with_hooks(self.app, path, "GET", scheme, lambda: self.app.response_class(""))
             self._static[key] = [(k, v) for k, v in response.headers.items()
                                  if k not in ("Content-Type", "Content-Length")]
         return self._static[key]

@@ -91,10 +91,6 @@ def caching_headers(config, etag, poll_seconds):
 
 def matches(if_none_match, etag):
     """True when an If-None-Match header names this ETag (or *)."""
-    return _matches(if_none_match, etag)
-
-
-def _matches(if_none_match, etag):
     if not if_none_match:
         return False
     if if_none_match.strip() == "*":

@@ -65,6 +65,14 @@ def add_security_headers(response):
     return response
 
 
+def rendered_with_hooks(app, path, method, scheme, make_response):
+    """make_response() as the app answers `method path`, with the security headers added: for the
+    gates in front of Flask, which render each kind of answer once and send its bytes many times."""
+    base = "https://localhost" if scheme == "https" else "http://localhost"
+    with app.test_request_context(path, method=method, base_url=base):
+        return add_security_headers(make_response())
+
+
 def mask_emails(text):
     """Replace each email address in text with its first character, *** and its domain."""
     return EMAIL_RE.sub(r"\1***@\2", text)

@@ -9,13 +9,14 @@ WSGI layer in front of Flask (inside ProxyFix, so it sees the client's real addr
 - the request is one the view would get as far as the sold-out check: a JSON object with only `email`
   and `quantity`, both valid, no Idempotency-Key (a key may name a hold made before the sale sold out:
   only the database can replay it), a product this process read less than two seconds ago (or
-  three, while one buyer has Flask read it again: catalog.cached_sale_info), without a waiting room, inside its sale window by this process's clock,
-  within its per-customer limit;
-- then one Lua script (GATE_SCRIPT) does, atomically, what the refusal needs: if the product's sold-out
-  mark is not set it changes nothing and the request goes on to Flask as if the gate were not there;
-  if it is set, it counts the hold route's rate limits exactly as Flask-Limiter would (the same
-  fixed-window counters under the same keys, in the same order, stopping at the first breach), and
-  records the outcome in the metrics (metrics.RECORD_LUA), and says which answer to give.
+  three, while one buyer has Flask read it again: catalog.cached_sale_info), without a waiting room,
+  inside its sale window by this process's clock, within its per-customer limit;
+- then one Lua script (GATE_SCRIPT) does, atomically, what the refusal needs: it counts the hold
+  route's rate limits exactly as Flask-Limiter would (the same fixed-window counters under the same
+  keys, in the same order, stopping at the first breach) and reads the product's sold-out mark. Over a
+  limit, or marked, it records the outcome in the metrics (metrics.RECORD_LUA) and the gate answers
+  429 or 409. Not marked, the request goes on to Flask with its limits counted: Flask-Limiter skips it
+  (a request filter), limit_headers adds the same headers, and the view skips its own sold-out probe.
 
 The answers themselves (status, JSON body, security headers) are rendered once by the app's own error
 handler and after-request hooks (handlers.error_response, security.add_security_headers), and the
@@ -205,13 +206,12 @@ class SoldOutGate:
         cache_key = (answer, str(item) if answer == RATE_LIMITED else None, scheme)
         if cache_key not in self._answers:
             from .handlers import error_response
-            from .security import add_security_headers
+            from .security import rendered_with_hooks
 
             refusal = SoldOut() if answer == SOLD_OUT else RateLimited(
                 f"Too many requests ({item}); slow down.")  # as handlers.on_rate_limited words it
-            base = "https://localhost" if scheme == "https" else "http://localhost"
-            with self.app.test_request_context("/api/products/0/holds", method="POST", base_url=base):
-                response = add_security_headers(error_response(refusal))
+            response = rendered_with_hooks(self.app, "/api/products/0/holds", "POST", scheme,
+                                           lambda: error_response(refusal))
             self._answers[cache_key] = (response.status, list(response.headers.items()),
                                         response.get_data())
         return self._answers[cache_key]
@@ -311,4 +311,4 @@ def install(app):
 def _counted_by_the_gate():
     from flask import request
 
-    return COUNTED in request.environ
+    return counted(request.environ)
