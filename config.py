@@ -42,6 +42,16 @@ class Config:
     if os.environ.get("DB_POOL_SIZE"):
         SQLALCHEMY_ENGINE_OPTIONS["pool_size"] = _int("DB_POOL_SIZE", 5)
     REDIS_URL = os.environ.get("REDIS_URL", f"unix://{EMBEDDED_REDIS_SOCKET}")
+    # Redis through Sentinel (design section 13): "host:port,host:port" of the sentinels and the name
+    # they watch the primary under. Set, every component asks them for the primary and REDIS_URL is
+    # ignored; REDIS_DB and REDIS_PASSWORD say which database and which password on the Redis servers.
+    REDIS_SENTINELS = os.environ.get("REDIS_SENTINELS") or None
+    REDIS_SENTINEL_SERVICE = os.environ.get("REDIS_SENTINEL_SERVICE", "flashsale")
+    REDIS_DB = _int("REDIS_DB", 0)
+    REDIS_PASSWORD = os.environ.get("REDIS_PASSWORD") or None
+    # Replicas that must hold a waiting-room ticket or admission, or a fake-gateway charge, before it is
+    # answered (Redis WAIT): such a write survives the primary's loss. Unset: 1 with sentinels, else 0.
+    REDIS_WAIT_REPLICAS = _int("REDIS_WAIT_REPLICAS", -1)
     # Redis calls fail fast during an outage, so a request answers 503 rather than hanging.
     REDIS_SOCKET_TIMEOUT = float(os.environ.get("REDIS_SOCKET_TIMEOUT", "2.0"))
 
@@ -62,6 +72,9 @@ class Config:
     # Answer sold-out hold requests in front of Flask, in one Redis round trip (soldout_gate.py);
     # off, Flask gives the same answers more slowly.
     SOLD_OUT_GATE = _bool("SOLD_OUT_GATE", True)
+    # Place the holds the sold-out gate passed on in front of Flask, by the view's own call
+    # (gates/holds.py); off, Flask places them and gives the same answers more slowly.
+    HOLD_GATE = _bool("HOLD_GATE", True)
     # Answer watchers' polls from the stock snapshot in front of Flask (poll_gate.py); off, Flask does.
     POLL_GATE = _bool("POLL_GATE", True)
 
@@ -82,6 +95,9 @@ class Config:
     POLL_MAX_AGE_SECONDS = _int("POLL_MAX_AGE_SECONDS", 1)
 
     ADMIN_TOKEN = os.environ.get("ADMIN_TOKEN") or None
+    # LOG_FORMAT=json: one JSON object per log line, with the request id (web/logs.py); else Python's text.
+    LOG_FORMAT = os.environ.get("LOG_FORMAT", "text").strip().lower()
+    LOG_LEVEL = os.environ.get("LOG_LEVEL", "info")
     PAYMENT_GATEWAY = os.environ.get("PAYMENT_GATEWAY", "fake")
     # One payment attempt's lease: an attempt that has not settled by then (its worker died, the
     # gateway never answered) is reconciled. Keep it above the gateway client's own timeout.
@@ -94,12 +110,44 @@ class Config:
     # The fake gateway refuses every charge when set, and always refuses emails containing "+refuse".
     FAKE_PAYMENT_REFUSE = _bool("FAKE_PAYMENT_REFUSE", False)
     FAKE_PAYMENT_DELAY_MS = _int("FAKE_PAYMENT_DELAY_MS", 0)
+    # PAYMENT_GATEWAY=stripe (design section 11; docs/production.md says where each key comes from).
+    STRIPE_SECRET_KEY = os.environ.get("STRIPE_SECRET_KEY") or None
+    STRIPE_PUBLISHABLE_KEY = os.environ.get("STRIPE_PUBLISHABLE_KEY") or None
+    STRIPE_WEBHOOK_SECRET = os.environ.get("STRIPE_WEBHOOK_SECRET") or None
+    STRIPE_API_BASE = os.environ.get("STRIPE_API_BASE") or "https://api.stripe.com"
+    STRIPE_JS_URL = os.environ.get("STRIPE_JS_URL") or "https://js.stripe.com/v3/"
+    # One Stripe call's read timeout, and the library's retries of a call that got no answer: together
+    # they must stay well inside PAYMENT_TIMEOUT_SECONDS (3 x 8 s plus back-off < 30 s).
+    STRIPE_TIMEOUT_SECONDS = float(os.environ.get("STRIPE_TIMEOUT_SECONDS", "8"))
+    STRIPE_MAX_NETWORK_RETRIES = _int("STRIPE_MAX_NETWORK_RETRIES", 2)
+    # How long a shopper has, once Pay was accepted, to authorise the card (3-D Secure, another card
+    # after a decline); then the intent is canceled and the hold released.
+    PAYMENT_ACTION_SECONDS = float(os.environ.get("PAYMENT_ACTION_SECONDS", "300"))
+    # Test hook, ignored unless FLASHSALE_ENV=testing: faults around the Stripe client (stripe_faults.py).
+    STRIPE_FAULT = os.environ.get("STRIPE_FAULT") or None
+    # Outbound webhooks to the shop (design section 12; README "For the shop's developer"): endpoints,
+    # comma-separated, and the Standard Webhooks secret (whsec_ + base64) every delivery is signed with.
+    WEBHOOK_URLS = os.environ.get("WEBHOOK_URLS") or ""
+    WEBHOOK_SECRET = os.environ.get("WEBHOOK_SECRET") or None
+    # One attempt's wait for an answer; the first retry's delay (jittered down to half), the longest
+    # between two, and how long (from when it was first owed) a delivery is retried before it is failed.
+    WEBHOOK_TIMEOUT_SECONDS = float(os.environ.get("WEBHOOK_TIMEOUT_SECONDS", "10"))
+    WEBHOOK_RETRY_FIRST_SECONDS = float(os.environ.get("WEBHOOK_RETRY_FIRST_SECONDS", "10"))
+    WEBHOOK_RETRY_CAP_SECONDS = float(os.environ.get("WEBHOOK_RETRY_CAP_SECONDS", "3600"))
+    WEBHOOK_RETRY_HOURS = float(os.environ.get("WEBHOOK_RETRY_HOURS", "25"))
+    # An attempt's lease: a delivery taken by a worker that died is due again this long after (keep it
+    # above the timeout). Deliveries one `flask worker` sends at once, on threads apart from payments.
+    WEBHOOK_LEASE_SECONDS = float(os.environ.get("WEBHOOK_LEASE_SECONDS", "60"))
+    WEBHOOK_CONCURRENCY = _int("WEBHOOK_CONCURRENCY", 8)
     # Fault injection for tests and drills: timeout, lost or down for every charge (or per email:
     # "+timeout", "+lost", "+down"); see flashsale/gateways.py.
     FAKE_PAYMENT_FAULT = os.environ.get("FAKE_PAYMENT_FAULT") or None
     # Test hook, off by default and ignored unless FLASHSALE_ENV=testing: a sleep inside the product
     # lock, so the fault tests can make the Redis lock lapse under a slow holder (HoldPolicy).
     FAULT_DELAY_IN_LOCK_MS = _int("FAULT_DELAY_IN_LOCK_MS", 0)
+    # Test hook, ignored unless FLASHSALE_ENV=testing: seconds this process's clock is off by
+    # (inventory/clock.py host_time), for a web host whose clock is skewed.
+    FAULT_CLOCK_SKEW_SECONDS = float(os.environ.get("FAULT_CLOCK_SKEW_SECONDS", "0"))
 
 
 class TestConfig(Config):

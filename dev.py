@@ -5,7 +5,7 @@
     python3 dev.py test    set up, then run the whole test suite
 
 Set-up means: a virtualenv in .venv with requirements-dev.txt installed (again only when the
-requirements change). Everything else lives in flashsale/devserver.py, run inside that virtualenv.
+requirements change). Everything else lives in devtools/devserver.py, run inside that virtualenv.
 """
 
 import hashlib
@@ -42,7 +42,7 @@ def main(argv):
         return 2
     ensure_virtualenv()
     os.chdir(ROOT)
-    command = [str(PYTHON), "-m", "flashsale.devserver", *argv]
+    command = [str(PYTHON), "-m", "devtools.devserver", *argv]
     # Replace this process so Ctrl-C and exit codes go straight to the real command.
     if os.name == "nt":
         return subprocess.call(command)

@@ -13,8 +13,9 @@ or :8000), WEB_BACKLOG 4096, WEB_MAX_RSS (MiB; recycle a worker past it, sampled
 WEB_RSS_SAMPLE_SECONDS, 30), WEB_LIFETIME (seconds, >= 60; recycle workers that old),
 WEB_KILL_TIMEOUT 20 (seconds a stopping worker gets to finish its requests), WEB_RESPAWN_SECONDS
 3.5 (how long a new worker gets to start before the one it replaces stops), ACCESS_LOG (set: log
-each request), LOG_LEVEL. Signals: SIGHUP reloads the workers gracefully (new ones start, then the
-old ones finish their requests and exit); SIGTERM or SIGINT drains and stops.
+each request), LOG_LEVEL, LOG_FORMAT (json: every line a JSON object, granian's too). Signals: SIGHUP
+reloads the workers gracefully (new ones start, then the old ones finish their requests and exit);
+SIGTERM or SIGINT drains and stops.
 """
 
 import argparse
@@ -74,7 +75,16 @@ def server(options):
         respawn_interval=options.respawn_seconds,
         log_level=LogLevels(os.environ.get("LOG_LEVEL", "info").lower()),
         log_access=bool(os.environ.get("ACCESS_LOG")),
+        log_dictconfig=json_log_config() if os.environ.get("LOG_FORMAT", "").strip().lower() == "json" else None,
     )
+
+
+def json_log_config():
+    """Granian's own log lines as JSON objects too (LOG_FORMAT=json; the app's are web/logs.py's)."""
+    formatter = {"()": "pythonjsonlogger.json.JsonFormatter", "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
+                 "datefmt": "%Y-%m-%dT%H:%M:%S%z",
+                 "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"}}
+    return {"formatters": {"generic": formatter, "access": formatter}}
 
 
 if __name__ == "__main__":

@@ -94,6 +94,15 @@ def add_sold_history(conn, product_id, units):
                FROM orders o WHERE o.product_id = %(pid)s""",
             {"pid": product_id},
         )
+        # ... and their order.confirmed events, as migration 0007 backfills them (the audit checks them).
+        cur.execute(
+            """INSERT INTO webhook_events (webhook_id, type, hold_id, product_id, ordering_key, body,
+                   created_at, fanned_out)
+               SELECT 'msg_backfilled_' || o.id, 'order.confirmed', o.id, o.product_id, 'hold:' || o.id,
+                   '{"type":"order.confirmed","backfilled":true}', o.confirmed_at, true
+               FROM orders o WHERE o.product_id = %(pid)s""",
+            {"pid": product_id},
+        )
         # Orders confirmed behind the app's back need their counter moved too (the audit checks it).
         cur.execute("UPDATE products SET confirmed_units = confirmed_units + %(units)s "
                     "WHERE id = %(pid)s", {"pid": product_id, "units": units})

@@ -1,35 +1,32 @@
 """flashsale: a flash-sale engine that never sells a unit it does not have."""
 
 from flask import Flask
-from werkzeug.middleware.proxy_fix import ProxyFix
 
 from config import Config
 
 
 def create_app(config_object=Config, **overrides):
-    """Build the application: extensions, blueprints, error handlers and CLI commands."""
-    app = Flask(__name__, template_folder="../templates", static_folder="../static",
-                instance_relative_config=False)
+    """Build the application: extensions, the request plumbing, blueprints, commands, then the gates."""
+    app = Flask(__name__, template_folder="../templates", static_folder="../static")
     app.config.from_object(config_object)
     app.config.update(overrides)
     _check_secret_key(app)
-    from . import poll_gate, soldout_gate
+    from .gateways.stripe_settings import check_settings
 
-    # In front of Flask, behind ProxyFix (they need the client's address): the answers most of a
-    # flash sale's requests get, without Flask.
-    soldout_gate.install(app)
-    poll_gate.install(app)
-    if app.config["TRUSTED_PROXIES"]:
-        # Believe X-Forwarded-For only for as many hops as we run proxies; a client cannot forge past them.
-        hops = app.config["TRUSTED_PROXIES"]
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
-    from . import admin, api, cli, database, handlers, health, ratelimits, security, shop
+    check_settings(app.config)  # PAYMENT_GATEWAY=stripe without a key it needs: refuse, naming it
+    from .worker import webhook_settings
+
+    webhook_settings.check_settings(app.config)  # a malformed WEBHOOK_URLS or WEBHOOK_SECRET: refuse, naming it
+    from . import admin, api, cli, database, gates, shop, web
+    from .extensions import redis_store
 
     database.init_app(app)
-    ratelimits.init_app(app)
-    security.init_app(app)
-    for module in (handlers, health, api, shop, admin, cli):
-        module.init_app(app)
+    redis_store.init_app(app)
+    web.init_app(app)
+    for blueprint in (api, shop, admin):
+        blueprint.init_app(app)
+    cli.init_app(app)
+    gates.install(app)
     return app
 
 

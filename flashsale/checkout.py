@@ -15,11 +15,14 @@ from sqlalchemy.exc import OperationalError
 from . import metrics
 from .errors import FlashsaleError, NoWaitingRoom, Unavailable
 from .extensions import db, redis_store
-from .inventory import catalog, confirmation, holds
+from .gateways import gateway_from_config
+from .gateways.stripe_settings import is_stripe
+from .inventory import catalog, confirmation, holds, intents
 from .inventory.stock import recently_available
 from .inventory.validation import normalise_email, validate_hold_request, validate_idempotency_key
 from .inventory.waiting_room import ticket_product, waiting_room_from_config
-from .jobs import enqueue_payment, schedule_expiries
+from .models import CONFIRMING
+from .worker.jobs import ExpirySlot, enqueue_payment
 
 
 def place_hold(product_ref, email, quantity, idempotency_key=None, admission=None, sold_out_checked=False):
@@ -105,20 +108,63 @@ def view_ticket(ticket_id):
     return waiting_room_from_config(redis_store.client, current_app.config).view(sale, ticket_id, available)
 
 
-def confirm_hold(hold_id):
+def confirm_hold(hold_id, payment_method=None):
     """Accept the shopper's confirmation (the promise is made when this returns) and queue the payment.
 
     Returns the Acceptance; refusals (HoldExpired, HoldReleased, NotFound) are raised. If Redis refuses
     the job, the promise stands all the same: reconciliation takes the payment once its lease is due.
+
+    With Stripe the card is authorised here, with the shopper (design section 11): the hold's intent is
+    made (its client secret is in the answer), `payment_method` is tried on it, and a confirm of a hold
+    already CONFIRMING re-reads it (after 3-D Secure); the worker captures what is authorised.
     """
-    accepted = confirmation.accept_confirmation(db.session, hold_id, redis_store.client)
+    config = current_app.config
+    by_card = is_stripe(config)
+    accepted = confirmation.accept_confirmation(db.session, hold_id, redis_store.client,
+                                                config["PAYMENT_ACTION_SECONDS"] if by_card else None)
     if accepted.accepted_now:
-        try:
-            enqueue_payment(redis_store.queue, hold_id)
-        except Exception:  # noqa: BLE001 - committed already; reconciliation picks the payment up
-            current_app.logger.warning("could not queue the payment of an accepted confirmation")
+        if not by_card:
+            _enqueue_payment(hold_id)
         metrics.record_outcome(redis_store.client, "accepted")
+    if by_card and accepted.hold.status == CONFIRMING:
+        _authorise_card(hold_id, payment_method, accepted.accepted_now)
     return accepted
+
+
+def _authorise_card(hold_id, payment_method, accepted_now):
+    """Move the hold's intent on as far as the shopper's part goes; the worker captures. A card that
+    could not reach Stripe is refused with 503 (the hold is unchanged: send it again)."""
+    config, redis = current_app.config, redis_store.client
+    progress = intents.advance(db.session, redis, hold_id, gateway_from_config(config, redis),
+                               intents.PaymentPolicy.from_config(config), payment_method, capture=False)
+    metrics.record_payment(redis, progress)
+    if progress.outcome in ("authorised", "pending"):
+        _enqueue_payment(hold_id)  # the worker captures, or tries again while Stripe does not answer
+    if progress.outcome == "pending" and payment_method and not accepted_now:
+        raise Unavailable("The payment provider did not answer; send the card again.")
+
+
+def _enqueue_payment(hold_id):
+    try:
+        enqueue_payment(redis_store.queue, hold_id)
+    except Exception:  # noqa: BLE001 - committed already; reconciliation picks the payment up
+        current_app.logger.warning("could not queue the payment of an accepted confirmation")
+
+
+def hold_with_payment(hold_id, order=None):
+    """(hold, its Payment or None) as of now: what the hold's JSON shows (`order`: just read)."""
+    from sqlalchemy import select
+
+    from .models import Payment
+
+    if order is None:
+        order = holds.get_hold(db.session, hold_id)
+        db.session.refresh(order)  # the payment flow may have moved it since this session read it
+    payment = None
+    if order.confirmation_requested_at is not None:
+        payment = db.session.execute(select(Payment).where(Payment.order_id == hold_id)
+                                     .execution_options(populate_existing=True)).scalar_one_or_none()
+    return order, payment
 
 
 def release_hold(hold_id):
@@ -129,13 +175,20 @@ def release_hold(hold_id):
     return order, released_now
 
 
-def schedule_expiry(hold_ids, hold_expires_at):
-    """Schedule expiry for holds one transaction created (a whole batch at once); if Redis refuses,
-    the sweeper and read-time expiry cover them."""
-    try:
-        schedule_expiries(redis_store.queue, hold_ids, hold_expires_at)
-    except Exception:  # noqa: BLE001 - the holds are committed; expiry is already decided by the clock
-        current_app.logger.warning("could not schedule expiry of %d holds", len(hold_ids))
+def schedule_expiry(pipe, hold_ids, hold_expires_at):
+    """Queue expiry for holds one transaction created (a whole batch at once) on the line's pipeline;
+    returns what to do with its replies. If Redis refuses, the sweeper and read-time expiry cover them."""
+    slot = ExpirySlot(hold_ids, hold_expires_at)
+    slot.queue(pipe)
+    queue = redis_store.queue
+
+    def enqueue_if_first(replies):
+        try:
+            slot.enqueue_if_first(queue, replies)
+        except Exception:  # noqa: BLE001 - the holds are committed; expiry is already decided by the clock
+            current_app.logger.warning("could not schedule expiry of %d holds", len(hold_ids))
+
+    return enqueue_if_first
 
 
 def outcome_name(refusal):

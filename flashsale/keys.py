@@ -1,14 +1,16 @@
 """Every Redis key flashsale uses, built in one place.
 
-A product's keys share the hash tag `{product:ID}` so that, on Redis Cluster, they live in one slot and
-the Lua scripts that touch several of them stay legal.
+flashsale runs on one Redis primary (made highly available by Sentinel, design section 13), not on Redis
+Cluster: the metrics and sold-out gate scripts touch keys of several slots and RQ does not support
+Cluster. A product's keys share the hash tag `{product:ID}` so that one product's keys (and its
+scripts) could still move together to another primary: the plan in docs/production.md.
 """
 
 PREFIX = "fs"
 
 
 def product_tag(product_id):
-    """The hash tag that keeps one product's keys in the same cluster slot."""
+    """The hash tag that keeps one product's keys together (one slot, one server)."""
     return f"{PREFIX}:{{product:{product_id}}}"
 
 
@@ -27,14 +29,14 @@ def lock_wake(product_id):
     return f"{product_tag(product_id)}:lock:wake"
 
 
-def lock_line(product_id):
-    """The product's line: requests of buyers waiting for its lock, served in batches by the holder."""
-    return f"{product_tag(product_id)}:lock:line"
+def batch_queue(product_id):
+    """Requests of buyers waiting for the product's lock, served in batches by its holder (a list)."""
+    return f"{product_tag(product_id)}:batch:queue"
 
 
-def line_reply(product_id, ticket):
-    """Where the lock's holder puts the outcome of one buyer's request from the line."""
-    return f"{product_tag(product_id)}:lock:reply:{ticket}"
+def batch_reply(product_id, ticket):
+    """Where the lock's holder puts the outcome of one buyer's request from the batch queue."""
+    return f"{product_tag(product_id)}:batch:reply:{ticket}"
 
 
 def sold_out(product_id):
@@ -77,6 +79,12 @@ def catalog_order():
     return f"{PREFIX}:catalog:order"
 
 
+def hold_limit(identity, amount, seconds):
+    """One fixed-window counter of the hold route's rate limits (web/hold_limits.py); identity is
+    "address:..." or "email:...", and the window's TTL is `seconds`."""
+    return f"{PREFIX}:holdlimit:{amount}/{seconds}:{identity}"
+
+
 def sweep_tick():
     """Claimed once per SWEEP_SECONDS by whichever worker enqueues the sweeper."""
     return f"{PREFIX}:sweep:tick"
@@ -92,14 +100,14 @@ def metrics(name):
     return f"{PREFIX}:metrics:{name}"
 
 
-def fake_gateway_charge(idempotency_key):
-    """The fake payment gateway's record of the charge made with one idempotency key (a hash)."""
-    return f"{PREFIX}:fakegateway:charge:{idempotency_key}"
+def last_audit():
+    """The last `flask audit`'s result (a JSON string: when, scope, passed, breaches per invariant)."""
+    return f"{PREFIX}:audit:last"
 
 
-def fake_gateway_index():
-    """Every idempotency key the fake gateway has seen (a set), so the audit can list its charges."""
-    return f"{PREFIX}:fakegateway:keys"
+def stripe_event(event_id):
+    """Set (NX, for days) once a Stripe webhook event was handled: a replay of it changes nothing."""
+    return f"{PREFIX}:stripe:event:{event_id}"
 
 
 def waiting_line(product_id):

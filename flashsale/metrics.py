@@ -7,12 +7,12 @@ are read, so the dashboard's poll is what draws their history.
 """
 
 import logging
+import math
 import time
 
-from redis.commands.core import Script
 from redis.exceptions import RedisError
 
-from . import keys
+from . import keys, lua
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,8 @@ def _bucket(now=None):
 
 
 # One Lua function records outcomes and latency samples; record_outcome runs it as a script, and the
-# sold-out gate (soldout_gate.py) runs it inside its own script, so both write the same layout.
+# sold-out gate (gates/sold_out.py) and the hold route's limits (web/hold_limits.py) run it inside
+# their own scripts, so all write the same layout.
 # record(totals, bucket, started, bucket_ttl, now, {outcome, count, ...}, {ring, value, ...}, samples)
 RECORD_LUA = """
 local function record(totals, bucket, started, bucket_ttl, now, outcomes, rings, samples)
@@ -51,7 +52,7 @@ end
 
 # KEYS = totals, bucket, started, ring keys...; ARGV = bucket_ttl, now, samples, n_outcomes,
 # outcome/count pairs..., one value per ring key.
-RECORD_SCRIPT = RECORD_LUA + """
+RECORD_SCRIPT = lua.Script(RECORD_LUA + """
 local n = tonumber(ARGV[4])
 local outcomes, rings = {}, {}
 for i = 1, 2 * n do outcomes[i] = ARGV[4 + i] end
@@ -60,8 +61,7 @@ for k = 4, #KEYS do
   rings[#rings + 1] = ARGV[4 + 2 * n + k - 3]
 end
 record(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], outcomes, rings, tonumber(ARGV[3]))
-"""
-_record = Script(None, RECORD_SCRIPT.encode())  # EVALSHA, loaded on first use by any client
+""")
 
 
 def recording_keys(now=None):
@@ -86,8 +86,8 @@ def record_outcome(redis, outcome, count=1, latency_ms=None, lock_wait_ms=None, 
              (("latency", latency_ms), ("lock_wait", lock_wait_ms), ("payment", payment_ms))
              if value is not None]
     try:
-        _record([*recording_keys(), *(k for k, _ in rings)],
-                [*recording_args(), len(outcomes) // 2, *outcomes, *(v for _, v in rings)], client=redis)
+        RECORD_SCRIPT(redis, [*recording_keys(), *(k for k, _ in rings)],
+                      [*recording_args(), len(outcomes) // 2, *outcomes, *(v for _, v in rings)])
     except RedisError:
         log.warning("metrics not recorded (%s): Redis unavailable", outcome)
 
@@ -102,13 +102,19 @@ def record_payment(redis, settled, reconciled=False):
                    also=("reconciled",) if reconciled else ())
 
 
+def percentile(values, q):
+    """The q-th percentile by nearest rank: the smallest value with at least q % of values at or below
+    it (the median of 1..5 is 3); None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1]
+
+
 def percentiles(samples, points=(50, 95, 99)):
-    """Nearest-rank percentiles of a list of numbers ({} when empty)."""
-    if not samples:
-        return {f"p{p}": None for p in points}
+    """{"p50": ..., "p95": ..., "p99": ...} of a list of numbers by nearest rank (None when empty)."""
     ordered = sorted(samples)
-    return {f"p{p}": ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))]
-            for p in points}
+    return {f"p{p}": percentile(ordered, p) for p in points}
 
 
 def snapshot(redis, buckets=WINDOW_BUCKETS):

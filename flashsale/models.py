@@ -1,4 +1,4 @@
-"""Product, Order (a hold while PENDING), Payment, and InventoryEvent, the append-only ledger."""
+"""Product, Order (a hold while PENDING), Payment, the InventoryEvent ledger, the outbox, the fake gateway's record."""
 
 import secrets
 from datetime import datetime, timedelta, timezone
@@ -88,6 +88,7 @@ class Product(db.Model):
         CheckConstraint("sale_ends_at > sale_starts_at", name="sale_window_ordered"),
         CheckConstraint("confirmed_units >= 0", name="confirmed_units_not_negative"),
         CheckConstraint("admission_rate IS NULL OR admission_rate >= 1", name="admission_rate_positive"),
+        CheckConstraint("length(currency) = 3 AND currency = lower(currency)", name="currency_iso"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -107,6 +108,8 @@ class Product(db.Model):
     # admission_rate shoppers per second (None: WAITING_ROOM_RATE from the configuration).
     waiting_room: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     admission_rate: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # ISO 4217, lower-case (as Stripe spells it): what price_cents is counted in.
+    currency: Mapped[str] = mapped_column(String(3), default="usd", server_default="usd")
 
 
 class Order(db.Model):
@@ -120,6 +123,8 @@ class Order(db.Model):
         # The hot query: units of one product that are confirmed or held and not yet expired.
         Index("ix_orders_product_status_expires", "product_id", "status", "hold_expires_at"),
         Index("ix_orders_product_email", "product_id", "customer_email"),
+        # The holds placed in a window (`flask audit --since`) and the dashboard's latest holds.
+        Index("ix_orders_created_at", "created_at"),
         # Holds not yet decided (PENDING or CONFIRMING) only: derived stock sums their units through
         # this, so its cost follows the holds in play, not the sale's history. PostgreSQL also covers
         # quantity and status, so the sum is an index-only scan.
@@ -158,6 +163,7 @@ class Payment(db.Model):
         CheckConstraint("amount_cents >= 0", name="amount_not_negative"),
         UniqueConstraint("order_id"),
         UniqueConstraint("idempotency_key"),
+        UniqueConstraint("intent_id"),
         # Reconciliation reads the unsettled payments only.
         Index("ix_payments_unsettled", "attempted_at",
               postgresql_where=text("state = 'started'"), sqlite_where=text("state = 'started'")),
@@ -173,6 +179,16 @@ class Payment(db.Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     attempted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     settled_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    currency: Mapped[str] = mapped_column(String(3), default="usd", server_default="usd")
+    # A payment by PaymentIntent (inventory/intents.py): the intent's id, recorded before any call that
+    # can authorise or capture it; its status as last read; its client secret while the shopper can act
+    # (until action_deadline); the last failed attempt's message; the intents it replaced, canceled.
+    intent_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    intent_status: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    client_secret: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    action_deadline: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    replaced_intents: Mapped[list | None] = mapped_column(JSON, nullable=True)
 
 
 class InventoryEvent(db.Model):
@@ -192,3 +208,105 @@ class InventoryEvent(db.Model):
     delta: Mapped[int] = mapped_column(Integer)
     event_metadata: Mapped[dict] = mapped_column("metadata", JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+# The shop's events (design section 12) and where each stands at each endpoint.
+ORDER_CONFIRMED, ORDER_REFUNDED, SALE_SOLD_OUT = "order.confirmed", "order.refunded", "sale.sold_out"
+WEBHOOK_EVENT_TYPES = (ORDER_CONFIRMED, ORDER_REFUNDED, SALE_SOLD_OUT)
+# A delivery is pending (not yet taken, in flight, or failed and due again), delivered, or failed (its
+# retries ran out: only `flask webhooks retry` sends it again).
+DELIVERY_PENDING, DELIVERED, DELIVERY_FAILED = "pending", "delivered", "failed"
+DELIVERY_STATES = (DELIVERY_PENDING, DELIVERED, DELIVERY_FAILED)
+
+
+class WebhookEvent(db.Model):
+    """The outbox: one event for the shop, written in the transaction of the change that causes it.
+
+    `webhook_id` is the Standard Webhooks message id, the same on every attempt at every endpoint; `body`
+    is the exact JSON text POSTed, fixed when the event is written so every retry signs the same bytes.
+    `ordering_key` (the hold's id, or the sale's) orders deliveries: per endpoint, one key's events go in
+    id order. `fanned_out` is set once the event has a delivery row per endpoint configured then.
+    """
+
+    __tablename__ = "webhook_events"
+    __table_args__ = (
+        CheckConstraint(f"type IN ({_sql_in(WEBHOOK_EVENT_TYPES)})", name="type_known"),
+        UniqueConstraint("webhook_id"),
+        Index("ix_webhook_events_hold_id", "hold_id"),
+        Index("ix_webhook_events_unfanned", "id", postgresql_where=text("NOT fanned_out"),
+              sqlite_where=text("NOT fanned_out")),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    webhook_id: Mapped[str] = mapped_column(String(64))
+    type: Mapped[str] = mapped_column(String(32))
+    hold_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    product_id: Mapped[int] = mapped_column(Integer)
+    ordering_key: Mapped[str] = mapped_column(String(64))
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    fanned_out: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
+
+class WebhookDelivery(db.Model):
+    """One event owed to one endpoint: pending until a 2xx answer, retried on a schedule until then; due
+    only once the delivery it comes `after_id` (an earlier event of its hold, to its endpoint) is delivered.
+
+    `next_attempt_at` is when it is next due; taking it for an attempt moves it a lease ahead, so a worker
+    killed mid-attempt leaves it due again once the lease runs out (the sweep re-enqueues it).
+    """
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        CheckConstraint(f"state IN ({_sql_in(DELIVERY_STATES)})", name="state_known"),
+        UniqueConstraint("event_id", "endpoint"),
+        Index("ix_webhook_deliveries_due", "next_attempt_at",
+              postgresql_where=text("state = 'pending'"), sqlite_where=text("state = 'pending'")),
+        Index("ix_webhook_deliveries_endpoint_key", "endpoint", "ordering_key", "event_id"),
+        # The dashboard counts the given-up deliveries every poll: few, found without a scan.
+        Index("ix_webhook_deliveries_failed", "endpoint",
+              postgresql_where=text("state = 'failed'"), sqlite_where=text("state = 'failed'")),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    event_id: Mapped[int] = mapped_column(ForeignKey("webhook_events.id"))
+    endpoint: Mapped[str] = mapped_column(String(2000))
+    ordering_key: Mapped[str] = mapped_column(String(64))
+    # The delivery of the same ordering key to the same endpoint just before this one (None: the first):
+    # this one is due only once that one is delivered.
+    after_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    state: Mapped[str] = mapped_column(String(16), default=DELIVERY_PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+# The fake payment gateway's charge statuses (gateways/__init__.py names them for every gateway).
+FAKE_CHARGE_STATUSES = ("captured", "refused", "voided", "refunded")
+
+
+class FakeGatewayCharge(db.Model):
+    """The fake payment gateway's own record (gateways/fake.py): one row per idempotency key that reached it.
+
+    It stands for an external provider's books, so the fake writes it in transactions of its own, committed
+    before it answers, never in the engine's: a rollback of the engine's work cannot undo a charge. Kept in
+    the database, not Redis, so a Redis failover that loses the last writes cannot lose a charge either.
+    `status` is None while calls for the key arrived but none was recorded (a fake timeout).
+    """
+
+    __tablename__ = "fake_gateway_charges"
+    __table_args__ = (
+        CheckConstraint(f"status IS NULL OR status IN ({_sql_in(FAKE_CHARGE_STATUSES)})", name="status_known"),
+        UniqueConstraint("charge_id"),
+    )
+
+    idempotency_key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    calls: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # fault injection counts them
+    charge_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    status: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    amount_cents: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    reference: Mapped[str] = mapped_column(String(64), default="", server_default="")

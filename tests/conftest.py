@@ -1,7 +1,8 @@
-"""Fixtures: one app per session on real PostgreSQL and Redis (or SQLite when told), clean per test.
+"""Fixtures: one app per session on real PostgreSQL and Redis (or SQLite), clean per test.
 
-TEST_DATABASE_URL and TEST_REDIS_URL choose the servers. With CI=true a missing server fails the run
-loudly; elsewhere the tests that need PostgreSQL are skipped when the database is SQLite.
+TEST_DATABASE_URL and TEST_REDIS_URL choose the servers (`python3 dev.py test` picks them). On SQLite a
+test marked `postgres("why")` skips, saying why. With CI=true a missing server fails the run loudly and
+so does such a skip, unless TEST_SERVERS=embedded says this run is the embedded one on purpose.
 """
 
 import os
@@ -9,16 +10,21 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 import redis as redis_lib
-from sqlalchemy import create_engine, text
+from sqlalchemy import MetaData, create_engine
 
 from config import TestConfig
 from flashsale import create_app
-from flashsale.extensions import db, redis_store
-from flashsale.inventory import catalog, snapshot, stock
+from flashsale.extensions import db, limiter, redis_store
 from flashsale.inventory.holds import HoldPolicy
 from flashsale.models import Product
+from tests.shop import Shop, reset
+from tests.stripe_local import localstripe, localstripe_server  # noqa: F401 - fixtures
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
+EMBEDDED = os.environ.get("TEST_SERVERS", "").lower() == "embedded"
+ON_POSTGRES = TestConfig.SQLALCHEMY_DATABASE_URI.startswith("postgresql")
+# CI's PostgreSQL run must find its servers and run every test; its embedded run skips on purpose.
+STRICT = IN_CI and not EMBEDDED
 
 
 def _require(what, check):
@@ -26,7 +32,7 @@ def _require(what, check):
         check()
     except Exception as error:  # noqa: BLE001
         message = f"{what} is not reachable ({error.__class__.__name__}: {error})"
-        if IN_CI:
+        if STRICT:
             pytest.exit(f"CI=true and {message}: start it (see .ci/run)", returncode=3)
         pytest.exit(f"{message}; run the README's test command, which starts what is needed",
                     returncode=3)
@@ -36,16 +42,23 @@ def _require(what, check):
 def app():
     """The application on the test database (migrated from scratch) and the test Redis database."""
     url = TestConfig.SQLALCHEMY_DATABASE_URI
+    if EMBEDDED and ON_POSTGRES:
+        pytest.exit("TEST_SERVERS=embedded but TEST_DATABASE_URL is PostgreSQL: run `python3 dev.py test`",
+                    returncode=3)
     _require("the test database", lambda: create_engine(url).connect().close())
     _require("the test Redis", lambda: redis_lib.Redis.from_url(TestConfig.REDIS_URL).ping())
     application = create_app(TestConfig)
     with application.app_context():
         from flask_migrate import downgrade, upgrade
 
-        # Prove the migration both ways on this backend, then run every test on the upgraded schema.
-        # What an earlier run left behind goes first (a CONFIRMING hold, say, blocks a downgrade).
+        # The test database is the suite's own, so it starts empty whatever an earlier run left there (a
+        # run of another branch may have stamped a revision this one does not have, or the same number with
+        # other contents). Then prove the migration both ways on this backend and test the upgraded schema.
+        leftover = MetaData()
+        leftover.reflect(bind=db.engine)
+        leftover.drop_all(bind=db.engine)
         upgrade()
-        _truncate()
+        reset()
         downgrade(revision="base")
         upgrade()
     return application
@@ -53,28 +66,14 @@ def app():
 
 @pytest.fixture(autouse=True)
 def clean(request):
-    """Empty tables and the test Redis database before each test that uses the app."""
+    """Empty tables, the test Redis database and the caches before each test that uses the app."""
     if "app" not in request.fixturenames:
         yield
         return
     application = request.getfixturevalue("app")
     with application.app_context():
-        _truncate()
-        redis_store.client.flushdb()
-        catalog.forget()
-        stock.forget_recent()
-        snapshot.forget_shared()
+        reset()
     yield
-
-
-def _truncate():
-    if db.engine.dialect.name == "postgresql":
-        db.session.execute(text(
-            "TRUNCATE inventory_events, payments, orders, products RESTART IDENTITY CASCADE"))
-    else:
-        for table in ("inventory_events", "payments", "orders", "products"):
-            db.session.execute(text(f"DELETE FROM {table}"))
-    db.session.commit()
 
 
 @pytest.fixture
@@ -110,10 +109,10 @@ def make_product(app):
     """Create a product (live for an hour by default) and return its id."""
 
     def make(slug="ps5", total_stock=100, max_per_customer=1, starts_in=timedelta(minutes=-1),
-             duration=timedelta(hours=1), price_cents=49999):
+             duration=timedelta(hours=1), price_cents=49999, currency="usd"):
         with app.app_context():
             starts = datetime.now(timezone.utc) + starts_in
-            product = Product(slug=slug, name=slug.upper(), description="", price_cents=price_cents,
+            product = Product(slug=slug, name=slug.upper(), description="", price_cents=price_cents, currency=currency,
                               total_stock=total_stock, max_per_customer=max_per_customer,
                               sale_starts_at=starts, sale_ends_at=starts + duration)
             db.session.add(product)
@@ -123,14 +122,38 @@ def make_product(app):
     return make
 
 
-def is_postgres(app):
-    return app.config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql")
+@pytest.fixture
+def app_with_limits(app):
+    """A factory of apps with these rate-limit settings, each with its own limiter state; the global
+    limiter is restored after the test."""
+    saved = dict(limiter.__dict__)
+    yield lambda **limits: create_app(TestConfig, **limits)
+    limiter.__dict__.clear()
+    limiter.__dict__.update(saved)
 
 
 @pytest.fixture
-def postgres_only(app):
-    """Skip on SQLite (only allowed outside CI): racing claims are proved on PostgreSQL."""
-    if not is_postgres(app):
-        if IN_CI:
-            pytest.fail("CI must run the racing tests on PostgreSQL")
-        pytest.skip("needs PostgreSQL (set TEST_DATABASE_URL)")
+def shop(app, policy):
+    """The shop as tests drive it: place, lapse, status, payment, events, ledger (tests/shop.py)."""
+    return Shop(app, policy)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "postgres(reason): needs PostgreSQL; skips on SQLite, saying why")
+
+
+def pytest_collection_modifyitems(items):
+    """On SQLite a test marked postgres("why") skips, saying why (CI's PostgreSQL run fails it instead)."""
+    if ON_POSTGRES or STRICT:
+        return
+    for item in items:
+        marker = item.get_closest_marker("postgres")
+        if marker is not None:
+            item.add_marker(pytest.mark.skip(reason=f"needs PostgreSQL: {marker.args[0]}"))
+
+
+def pytest_runtest_setup(item):
+    marker = item.get_closest_marker("postgres")
+    if marker is not None and STRICT and not ON_POSTGRES:
+        pytest.fail(f"CI=true on SQLite without TEST_SERVERS=embedded, and this test needs PostgreSQL: "
+                    f"{marker.args[0]}", pytrace=False)

@@ -6,9 +6,10 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import update
 
-from flashsale import jobs, metrics
+from flashsale import metrics
 from flashsale.extensions import db
 from flashsale.models import Order
+from flashsale.worker import jobs
 
 
 def buy(client, email, slug="ps5", quantity=1):

@@ -9,11 +9,12 @@ from sqlalchemy import func, select, update
 from config import TestConfig
 from flashsale.extensions import db
 from flashsale.models import InventoryEvent, Order
+from tests.faults import fire
 from tests.live_server import LiveServer, wait_until
 
 HOLD_KEYS = {"id", "product_id", "email", "quantity", "status", "hold_expires_at", "created_at",
              "confirmation_requested_at", "confirmed_at"}
-PRODUCT_KEYS = {"id", "slug", "name", "description", "price_cents", "total_stock", "available",
+PRODUCT_KEYS = {"id", "slug", "name", "description", "price_cents", "currency", "total_stock", "available",
                 "max_per_customer", "sale_starts_at", "sale_ends_at", "state", "waiting_room",
                 "poll_seconds"}  # the server's pace for watchers: an extension of the contract
 
@@ -128,7 +129,7 @@ def test_per_customer_limit_is_409_limit_exceeded(app, client, make_product):
 
 
 def test_confirm_is_202_confirming_then_200_while_paying_and_once_confirmed(app, client, make_product):
-    from flashsale.jobs import take_payment
+    from flashsale.worker.jobs import take_payment
 
     make_product(total_stock=1)
     hold_id = hold(client).json["id"]
@@ -144,6 +145,36 @@ def test_confirm_is_202_confirming_then_200_while_paying_and_once_confirmed(app,
     done = client.post(f"/api/holds/{hold_id}/confirm")
     assert done.status_code == 200 and done.json["status"] == "CONFIRMED" and done.json["confirmed_at"]
     assert_error(client.post(f"/api/holds/{hold_id}/release"), 409, "hold_confirmed")
+
+
+def test_a_hold_carries_its_payment_once_accepted_with_the_fake_gateway(app, client, make_product):
+    from flashsale.worker.jobs import take_payment
+
+    make_product(total_stock=2, max_per_customer=2)
+    paid, refused = hold(client).json["id"], hold(client, email="broke+refuse@example.com").json["id"]
+    assert "payment" not in client.get(f"/api/holds/{paid}").json  # nothing accepted yet
+    accepted = client.post(f"/api/holds/{paid}/confirm").json["payment"]
+    assert accepted == {"status": "processing", "reference": None, "client_secret": None,
+                        "action_deadline": None, "error": None}
+    client.post(f"/api/holds/{refused}/confirm")
+    with app.app_context():
+        assert take_payment(paid) == "confirmed" and take_payment(refused) == "refused"
+    captured = client.get(f"/api/holds/{paid}").json["payment"]
+    assert captured["status"] == "captured" and captured["reference"].startswith("fake_ch_")
+    assert client.get(f"/api/holds/{refused}").json["payment"]["status"] == "refused"
+
+
+def test_a_confirm_body_may_only_name_a_payment_method(client, make_product):
+    make_product()
+    hold_id = hold(client).json["id"]
+    for body, field in (({"card": "4242"}, "card"), ({"payment_method": "4242424242424242"}, "payment_method"),
+                        ({"payment_method": 42}, "payment_method")):
+        answer = client.post(f"/api/holds/{hold_id}/confirm", json=body)
+        assert_error(answer, 422, "invalid")
+        assert field in answer.json["error"]["fields"]
+    assert client.get(f"/api/holds/{hold_id}").json["status"] == "PENDING"  # unchanged
+    # With the fake gateway a payment method is not needed, and not used.
+    assert client.post(f"/api/holds/{hold_id}/confirm", json={"payment_method": "pm_card_visa"}).status_code == 202
 
 
 def test_confirm_after_expiry_is_409_hold_expired(app, client, make_product):
@@ -222,14 +253,12 @@ def test_admin_metrics_counts_what_happened(client, make_product):
     assert metrics["products"][0]["available"] == 0
 
 
-def test_too_many_requests_is_429_with_retry_after_across_processes(app, make_product, postgres_only):
+def test_too_many_requests_is_429_with_retry_after_across_processes(app, make_product):
     """Two web server processes share one limit through Redis: the sixth request from one address is 429."""
     make_product(slug="limited", total_stock=100, max_per_customer=1)
     with LiveServer(TestConfig.SQLALCHEMY_DATABASE_URI, TestConfig.REDIS_URL, workers=2, threads=4,
                     RATELIMIT_ENABLED="true", RATELIMIT_HOLD_PER_ADDRESS="5/minute",
                     RATELIMIT_HOLD_PER_EMAIL="100/minute") as server:
-        from tests.test_races import fire
-
         requests = [("/api/products/limited/holds", {"email": f"r{i}@example.com"}, None) for i in range(8)]
         answers = asyncio.run(fire(server.url, requests, concurrency=1))
         statuses = [status for status, _ in answers]
@@ -253,3 +282,17 @@ def test_releasing_twice_counts_one_release(client, make_product):
     assert client.post(f"/api/holds/{hold_id}/release").status_code == 200
     assert client.post(f"/api/holds/{hold_id}/release").status_code == 200
     assert client.get("/admin/metrics").json["totals"]["released"] == 1
+
+
+def test_livez_answers_200_while_redis_and_postgresql_are_both_away():
+    """The load balancer's check: a live server stays in rotation through a Redis failover (its requests
+    answer 503 + Retry-After themselves) while /healthz reports the outage."""
+    from flashsale import create_app
+    from tests.live_server import free_port
+
+    broken = create_app(TestConfig, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0", REDIS_SOCKET_TIMEOUT=0.5,
+                        SQLALCHEMY_DATABASE_URI="postgresql+psycopg2://postgres@127.0.0.1:1/nowhere")
+    live = broken.test_client().get("/livez")
+    assert live.status_code == 200 and live.json == {"status": "live"}
+    health = broken.test_client().get("/healthz")
+    assert health.status_code == 503 and health.json == {"database": "down", "redis": "down"}

@@ -22,8 +22,6 @@ from flashsale.models import Order
 from tests.faults import DATABASE_URL, assert_audit_passes, burst, call, hold, orders
 from tests.live_server import LiveServer, wait_until
 
-pytestmark = pytest.mark.usefixtures("postgres_only")
-
 HOLDS = 99
 
 
@@ -102,15 +100,26 @@ def test_a_hundred_winners_confirming_at_once_with_one_worker_are_all_confirmed(
         assert len(ids) == 100
         start = threading.Barrier(50)
 
+        outages = []
+
         def confirm(hold_id):
             if ids.index(hold_id) < 50:
                 start.wait()
             answer = call(f"{server.url}/api/holds/{hold_id}/confirm", "POST")
+            # On SQLite a loaded machine can outwait the writer lock's busy timeout: an honest 503 that
+            # changed nothing. A client retries it when Retry-After says (the hold still has seconds left).
+            while answer.status == 503 and len(outages) < 50:
+                outages.append(answer.headers.get("Retry-After"))
+                time.sleep(float(answer.headers["Retry-After"]))
+                answer = call(f"{server.url}/api/holds/{hold_id}/confirm", "POST")
             return answer.status, time.monotonic()
 
         with ThreadPoolExecutor(50) as pool:
             answered = list(pool.map(confirm, ids))
         assert {status for status, _ in answered} == {202}
+        assert all(outages), outages  # every 503 said when to come back
+        if DATABASE_URL.startswith("postgresql"):
+            assert not outages  # row locks queue the confirmations: no outage to retry
         last_202 = max(at for _, at in answered)
         first_202 = min(at for _, at in answered)
         wait_until(lambda: set(s.status for s in orders(app).values()) == {"CONFIRMED"}, 60,

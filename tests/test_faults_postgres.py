@@ -25,7 +25,7 @@ from tests.faults import (
 )
 from tests.live_server import LiveServer, wait_until
 
-pytestmark = pytest.mark.usefixtures("postgres_only")
+pytestmark = pytest.mark.postgres("kills the app's PostgreSQL backends (pg_terminate_backend) mid-transaction")
 
 APP_NAME = "flashsale-fault-web"
 IN_TRANSACTION = (f"application_name = '{APP_NAME}' AND state = 'idle in transaction' "

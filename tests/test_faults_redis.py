@@ -8,22 +8,17 @@ import signal
 import threading
 import time
 
-import pytest
-
-from flashsale.embedded_redis import EmbeddedRedis
+from devtools.embedded_redis import EmbeddedRedis
 from tests.faults import (
     DATABASE_URL,
     assert_audit_passes,
     assert_every_accepted_hold_is_stored,
     burst,
     call,
-    events_of,
     hold,
     orders,
 )
 from tests.live_server import LiveServer, wait_until
-
-pytestmark = pytest.mark.usefixtures("postgres_only")
 
 HOLD_SECONDS, SWEEP_SECONDS = 4, 1
 STOCK = 2000
@@ -61,7 +56,7 @@ def kill(redis_server):
 
 
 def test_redis_dying_mid_burst_gives_503_then_recovers_and_the_sweeper_covers_lost_jobs(
-        app, make_product, tmp_path):
+        app, make_product, tmp_path, shop):
     make_product(slug="drop", total_stock=STOCK, max_per_customer=1)
     redis_server = EmbeddedRedis(tmp_path / "redis").start()
     server = LiveServer(DATABASE_URL, redis_server.url, workers=2, threads=8, with_worker=True,
@@ -116,7 +111,7 @@ def test_redis_dying_mid_burst_gives_503_then_recovers_and_the_sweeper_covers_lo
                    HOLD_SECONDS + 10, message="every lapsed hold's stock back by the clock")
         wait_until(lambda: not orders(app, status="PENDING"), SWEEP_SECONDS + 10,
                    message="the sweeper to record every lapsed hold")
-        recorded = {hold_id: events_of(app, hold_id)[-1] for hold_id in early_ids}
+        recorded = {hold_id: shop.ledger(hold_id)[-1] for hold_id in early_ids}
         assert all(kind == "EXPIRED" and meta["reason"] == "swept" for kind, meta in recorded.values())
         assert last_expiry is not None
         assert_audit_passes(app)

@@ -10,54 +10,26 @@ included, and nobody is charged twice.
 
 import signal
 import time
-from datetime import timedelta
 
-import pytest
 import redis as redis_lib
 from rq import Queue, Worker
-from sqlalchemy import func, update
 
 from config import TestConfig
-from flashsale.extensions import db
-from flashsale.models import Order
 from tests.faults import (
     DATABASE_URL,
     assert_audit_passes,
     burst,
     call,
-    events_of,
     gateway_record,
     orders,
     payments_of,
 )
 from tests.live_server import LiveServer, stop_process, wait_until
 
-pytestmark = pytest.mark.usefixtures("postgres_only")
-
 SWEEP_SECONDS = 1
 
 
-def lapse(app, hold_ids):
-    """Move the holds' expiry into the past (a paying hold's too: its clock stopped, so it keeps)."""
-    with app.app_context():
-        lapsed = db.session.execute(
-            update(Order).where(Order.id.in_(hold_ids), Order.status.in_(["PENDING", "CONFIRMING"]))
-            .values(hold_expires_at=func.greatest(
-                func.coalesce(Order.confirmation_requested_at, Order.created_at)
-                + timedelta(microseconds=1), func.now() - timedelta(seconds=1)))
-            .returning(Order.id)
-        ).scalars().all()
-        db.session.commit()
-        db.session.remove()
-    return set(lapsed)
-
-
-def statuses(app, hold_ids):
-    found = orders(app)
-    return {hold_id: found[hold_id].status for hold_id in hold_ids}
-
-
-def test_a_killed_worker_restarts_into_a_consistent_sale(app, make_product):
+def test_a_killed_worker_restarts_into_a_consistent_sale(app, shop, make_product):
     make_product(slug="drop", total_stock=50, max_per_customer=1)
     redis = redis_lib.Redis.from_url(TestConfig.REDIS_URL)
     queue = Queue(TestConfig.QUEUE_NAME, connection=redis)
@@ -85,21 +57,21 @@ def test_a_killed_worker_restarts_into_a_consistent_sale(app, make_product):
         assert [confirm(h) for h in confirm_while_dead] == [(202, "CONFIRMING")] * 4  # no worker needed
         assert confirm(confirm_while_dead[0]) == (200, "CONFIRMING")  # a second click: the same promise
         # Time runs on while the worker is dead: every hold's two minutes run out.
-        lapsed = lapse(app, ids[:12])
-        assert set(never_confirmed) <= lapsed
+        assert set(shop.statuses(never_confirmed).values()) == {"PENDING"}
+        shop.lapse(*ids[:12])
 
         restarted_at = time.monotonic()
         server.start_worker()
         wait_until(lambda: {w.name for w in Worker.all(queue=queue)} - old_workers, 30,
                    message="the new worker to register")
         ready_at = time.monotonic()
-        wait_until(lambda: set(statuses(app, never_confirmed).values()) == {"EXPIRED"}, 30,
+        wait_until(lambda: set(shop.statuses(never_confirmed).values()) == {"EXPIRED"}, 30,
                    interval=0.02, message="every lapsed, unconfirmed hold recorded EXPIRED")
         recorded_in = time.monotonic() - ready_at
         assert recorded_in <= SWEEP_SECONDS + 1
 
         accepted = set(confirm_first) | set(confirm_while_dead)
-        wait_until(lambda: set(statuses(app, accepted).values()) == {"CONFIRMED"}, 30,
+        wait_until(lambda: set(shop.statuses(accepted).values()) == {"CONFIRMED"}, 30,
                    message="every accepted confirmation kept, the one killed mid-charge included")
         print(f"\nworker up {ready_at - restarted_at:.2f} s after restart; {len(never_confirmed)} lapsed "
               f"holds recorded {recorded_in:.2f} s later; {len(in_flight)} charge(s) killed in flight")
@@ -107,12 +79,12 @@ def test_a_killed_worker_restarts_into_a_consistent_sale(app, make_product):
     final = orders(app)
     for hold_id in never_confirmed:
         assert final[hold_id].status == "EXPIRED"
-        assert [kind for kind, _ in events_of(app, hold_id)] == ["HOLD_CREATED", "EXPIRED"]
+        assert shop.events(hold_id) == ["HOLD_CREATED", "EXPIRED"]
     for hold_id in accepted:
         assert final[hold_id].confirmation_requested_at < final[hold_id].hold_expires_at
-        assert [kind for kind, _ in events_of(app, hold_id)] == ["HOLD_CREATED", "CONFIRMING", "CONFIRMED"]
-        assert gateway_record(redis, hold_id)["status"] == "captured"  # one key, one charge
+        assert shop.events(hold_id) == ["HOLD_CREATED", "CONFIRMING", "CONFIRMED"]
+        assert gateway_record(app, hold_id)["status"] == "captured"  # one key, one charge
     for hold_id in never_confirmed + untouched:
-        assert gateway_record(redis, hold_id) == {}  # nothing taken for a hold nobody confirmed
+        assert gateway_record(app, hold_id) == {}  # nothing taken for a hold nobody confirmed
     assert {final[h].status for h in untouched} == {"PENDING"}
     assert_audit_passes(app)

@@ -1,9 +1,9 @@
 """place_hold and release_hold: the domain verbs, called directly (paying: tests/test_payments.py)."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 
 from flashsale.errors import (
     HoldConfirmed,
@@ -14,6 +14,7 @@ from flashsale.errors import (
     SaleNotOpen,
     SoldOut,
 )
+from flashsale.extensions import db
 from flashsale.inventory import holds, soldout
 from flashsale.inventory.audit import audit
 from flashsale.inventory.stock import stock_levels
@@ -23,13 +24,6 @@ from tests.paying import confirm_and_pay
 
 def count(session, model):
     return session.execute(select(func.count()).select_from(model)).scalar_one()
-
-
-def lapse(session, hold_id):
-    """Move a hold's expiry into the past, as if two minutes went by."""
-    session.execute(update(Order).where(Order.id == hold_id)
-                    .values(hold_expires_at=datetime.now(timezone.utc) - timedelta(seconds=1)))
-    session.commit()
 
 
 def test_placing_a_hold_writes_the_order_and_its_event_together(session, redis, make_product, policy):
@@ -98,11 +92,11 @@ def test_per_customer_limit_counts_held_and_confirmed_units(session, redis, make
         holds.place_hold(session, redis, "ps5", "b@x.io", 3, policy)
 
 
-def test_an_expired_hold_frees_the_customer_limit_and_the_stock(session, redis, make_product, policy):
+def test_an_expired_hold_frees_the_customer_limit_and_the_stock(session, redis, shop, make_product, policy):
     pid = make_product(total_stock=1)
-    hold = holds.place_hold(session, redis, "ps5", "a@x.io", 1, policy).hold
+    hold = shop.place()
     soldout.stock_returned(redis, [pid])  # as if the mark's TTL ran out with the hold
-    lapse(session, hold.id)
+    shop.lapse(hold.id)
     assert stock_levels(session)[pid].available == 1
     assert holds.place_hold(session, redis, "ps5", "a@x.io", 1, policy).created
 
@@ -188,3 +182,25 @@ def test_the_fast_sold_out_path_takes_neither_the_lock_nor_the_database(session,
         event.remove(engine, "before_cursor_execute", listener)
     assert refused.value.details == {"fast": True}
     assert statements == []
+
+
+def test_a_database_that_refuses_a_new_connection_is_a_503_not_a_500(app, client, make_product, monkeypatch):
+    """PostgreSQL out of connection slots ("too many clients") when a batch checks a connection out:
+    the pool raises the driver's own error, which must still read as an outage; nothing is written."""
+    make_product(total_stock=5)
+    assert client.post("/api/products/ps5/holds", json={"email": "ann@x.io"}).status_code == 201  # product cached
+    with app.app_context():
+        engine = db.engine
+        engine.dispose()  # no pooled connection left: the next checkout must connect anew
+        refused = engine.dialect.loaded_dbapi.OperationalError("FATAL:  sorry, too many clients already")
+
+        def no_slot(*args, **kwargs):
+            raise refused
+
+        monkeypatch.setattr(engine.dialect, "connect", no_slot)
+    answer = client.post("/api/products/ps5/holds", json={"email": "bob@x.io"})
+    monkeypatch.undo()
+    assert answer.status_code == 503 and answer.json["error"]["code"] == "unavailable"
+    assert answer.headers["Retry-After"]
+    with app.app_context():
+        assert db.session.execute(select(func.count()).select_from(Order)).scalar_one() == 1

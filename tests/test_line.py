@@ -1,6 +1,5 @@
 """The line at a product's lock: batch decisions, one transaction per batch, leaving the line, counters."""
 
-import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -8,11 +7,12 @@ from sqlalchemy import func, select, update
 
 from flashsale import keys
 from flashsale.errors import IdempotencyMismatch, LimitExceeded, LockBusy, SaleNotOpen, SoldOut
-from flashsale.inventory import holds, line, placement, soldout
+from flashsale.inventory import batches, holds, placement, soldout
 from flashsale.inventory.audit import audit
 from flashsale.inventory.locks import ProductLock
 from flashsale.inventory.placement import SaleNow
 from flashsale.models import InventoryEvent, Order, Product
+from tests.live_server import wait_until
 from tests.paying import confirm_and_pay
 
 # Pure tests of _decide pass this moment in explicitly. Anything that reaches a real clock (the
@@ -26,18 +26,18 @@ def sale(total=10, taken=0, limit=1, by_customer=None, used_keys=None, starts=No
 
 
 def request(n, email=None, quantity=1, key=None, digest=None, deadline=None, now=NOW):
-    return line.Request(f"t{n}", email or f"b{n}@x.io", quantity, key, digest,
+    return batches.Request(f"t{n}", email or f"b{n}@x.io", quantity, key, digest,
                         deadline or now.timestamp() + 60, f"hold-{n}")
 
 
 def decide(sale_now, requests):
-    return line._decide(sale_now, requests, NOW + timedelta(minutes=2))
+    return batches._decide(sale_now, requests, NOW + timedelta(minutes=2))
 
 
 def test_a_batch_sells_in_arrival_order_until_stock_runs_out():
     answers, accepted, available, refused_for_stock = decide(sale(total=3, taken=1),
                                                              [request(n) for n in range(4)])
-    assert [type(answers[f"t{n}"]) for n in range(4)] == [line.Created] * 2 + [SoldOut] * 2
+    assert [type(answers[f"t{n}"]) for n in range(4)] == [batches.Created] * 2 + [SoldOut] * 2
     assert [hold[0] for hold in accepted] == ["hold-0", "hold-1"]
     assert available == 0 and refused_for_stock
 
@@ -45,7 +45,7 @@ def test_a_batch_sells_in_arrival_order_until_stock_runs_out():
 def test_the_limit_counts_earlier_buyers_of_the_same_batch_and_the_database():
     requests = [request(0, "a@x.io"), request(1, "a@x.io"), request(2, "b@x.io")]
     answers, accepted, _, _ = decide(sale(limit=1, by_customer={"b@x.io": 1}), requests)
-    assert isinstance(answers["t0"], line.Created)
+    assert isinstance(answers["t0"], batches.Created)
     assert isinstance(answers["t1"], LimitExceeded) and answers["t1"].details["holding"] == 1
     assert isinstance(answers["t2"], LimitExceeded)
     assert len(accepted) == 1
@@ -55,8 +55,8 @@ def test_one_key_twice_in_a_batch_makes_one_hold_and_a_different_body_is_refused
     requests = [request(0, key="k", digest="d1"), request(1, key="k", digest="d1"),
                 request(2, key="k", digest="d2")]
     answers, accepted, _, _ = decide(sale(limit=5), requests)
-    assert isinstance(answers["t0"], line.Created)
-    assert answers["t1"] == line.Replayed("hold-0")
+    assert isinstance(answers["t0"], batches.Created)
+    assert answers["t1"] == batches.Replayed("hold-0")
     assert isinstance(answers["t2"], IdempotencyMismatch)
     assert len(accepted) == 1
 
@@ -64,7 +64,7 @@ def test_one_key_twice_in_a_batch_makes_one_hold_and_a_different_body_is_refused
 def test_a_key_already_in_the_database_is_replayed_without_a_new_hold():
     answers, accepted, _, _ = decide(sale(used_keys={"k": ["old-hold", "d1"]}),
                                      [request(0, key="k", digest="d1")])
-    assert answers["t0"] == line.Replayed("old-hold") and accepted == []
+    assert answers["t0"] == batches.Replayed("old-hold") and accepted == []
 
 
 def test_a_buyer_who_gave_up_waiting_is_not_sold_anything():
@@ -79,14 +79,14 @@ def test_a_closed_sale_refuses_the_whole_batch():
 
 
 @pytest.mark.parametrize("answer", [
-    line.Created("h1", NOW + timedelta(minutes=2), NOW),
-    line.Replayed("h2"),
+    batches.Created("h1", NOW + timedelta(minutes=2), NOW),
+    batches.Replayed("h2"),
     SoldOut(available=0),
     LimitExceeded(limit=1, holding=1),
     SaleNotOpen("This sale has ended.", ended_at=NOW.isoformat()),
 ])
 def test_an_answer_survives_the_trip_through_redis(answer):
-    back = line.decode_answer(line.encode_answer(answer))
+    back = batches.decode_answer(batches.encode_answer(answer))
     if isinstance(answer, Exception):
         assert type(back) is type(answer) and back.details == answer.details
         assert back.message == answer.message
@@ -97,12 +97,12 @@ def test_an_answer_survives_the_trip_through_redis(answer):
 def test_one_transaction_serves_a_batch_and_marks_the_product_sold_out(
         session, redis, make_product, policy):
     pid = make_product(total_stock=3, max_per_customer=2)
-    now = datetime.now(timezone.utc)  # line.serve judges deadlines by the database clock
+    now = datetime.now(timezone.utc)  # batches.serve judges deadlines by the database clock
     requests = [request(0, "a@x.io", now=now), request(1, "a@x.io", now=now),
                 request(2, "a@x.io", now=now), request(3, now=now)]
-    answers = line.serve(session, redis, pid, requests, 120, "0")
-    assert [type(answers[f"t{n}"]) for n in range(4)] == [line.Created, line.Created, LimitExceeded,
-                                                          line.Created]
+    answers = batches.serve(session, redis, pid, requests, 120, "0")
+    assert [type(answers[f"t{n}"]) for n in range(4)] == [batches.Created, batches.Created, LimitExceeded,
+                                                          batches.Created]
     rows = session.execute(select(Order.id, Order.hold_expires_at, Order.created_at)).all()
     assert {hold_id for hold_id, _, _ in rows} == {"hold-0", "hold-1", "hold-3"}
     assert {expires - created for _, expires, created in rows} == {timedelta(seconds=120)}
@@ -118,30 +118,49 @@ def test_the_batch_transaction_is_picked_by_the_backend(session):
     assert type(placement.batch_transaction(session.get_bind())) is expected
 
 
-def test_a_buyer_still_in_line_at_its_deadline_leaves_it_and_gets_503(redis, ctx):
-    holder = ProductLock(redis, 5, ttl_ms=5000, wait_ms=0).acquire()
+def wait_out_the_line(redis, product_id, wait_ms):
+    """A buyer queued behind a holder that never lets go, until its deadline (LockBusy): its lock."""
+    holder = ProductLock(redis, product_id, ttl_ms=5000, wait_ms=0).acquire()
     try:
-        waiter = ProductLock(redis, 5, ttl_ms=5000, wait_ms=100, line_entry="entry",
-                             reply_key=keys.line_reply(5, "t"), batch=50)
+        waiter = ProductLock(redis, product_id, ttl_ms=5000, wait_ms=wait_ms, queue_entry="entry",
+                             reply_key=keys.batch_reply(product_id, "t"), batch=50)
         with pytest.raises(LockBusy):
             waiter.acquire()
-        assert waiter.joined
-        assert redis.lrange(keys.lock_line(5), 0, -1) == []
+        return waiter
     finally:
         holder.release()
+
+
+def test_a_buyer_still_in_line_at_its_deadline_leaves_it_and_gets_503(redis, ctx):
+    waiter = wait_out_the_line(redis, 5, wait_ms=100)
+    assert waiter.joined
+    assert redis.lrange(keys.batch_queue(5), 0, -1) == []
+
+
+def test_a_queued_buyer_waits_for_its_answer_without_polling_the_held_lock(redis, ctx, monkeypatch):
+    """Queued behind a holder for a second, a buyer looks at the lock a few times (for a holder that died),
+    not every 50 ms; and no wait comes near the socket's timeout, where a slow reply would read as an outage."""
+    attempts, blocks = [], []
+    original_try, original_blpop = ProductLock.try_acquire, redis.blpop
+    monkeypatch.setattr(ProductLock, "try_acquire", lambda self: attempts.append(1) or original_try(self))
+    monkeypatch.setattr(redis, "blpop", lambda keys_, timeout: blocks.append(timeout) or original_blpop(keys_, timeout))
+    wait_out_the_line(redis, 7, wait_ms=1000)
+    assert len(attempts) <= 1 + 1000 / 125  # blocks of at least 125 ms; polling every 50 ms made 20
+    timeout = redis.connection_pool.connection_kwargs["socket_timeout"]
+    assert blocks and max(blocks) <= min(0.375, timeout / 2)
 
 
 def test_a_buyer_whose_request_a_holder_took_waits_for_the_answer_past_its_deadline(redis, ctx):
     holder = ProductLock(redis, 6, ttl_ms=5000, wait_ms=0).acquire()
     try:
-        waiter = ProductLock(redis, 6, ttl_ms=2000, wait_ms=50, line_entry="entry",
-                             reply_key=keys.line_reply(6, "t"), batch=50)
+        waiter = ProductLock(redis, 6, ttl_ms=2000, wait_ms=50, queue_entry="entry",
+                             reply_key=keys.batch_reply(6, "t"), batch=50)
         assert waiter.try_acquire() is False  # in line, lock busy
-        assert redis.lpop(keys.lock_line(6)) == b"entry"  # a holder takes the request...
-        line.answer(redis, 6, {"t": line.Replayed("h")})  # ...and answers it
-        time.sleep(0.06)  # the waiter's deadline passes before it looks again
+        assert redis.lpop(keys.batch_queue(6)) == b"entry"  # a holder takes the request...
+        batches.answer(redis, 6, {"t": batches.Replayed("h")})  # ...and answers it
+        wait_until(waiter.past_deadline, 1, interval=0.005, message="the waiter's deadline")  # before it looks again
         waiter.acquire()
-        assert line.decode_answer(waiter.reply) == line.Replayed("h") and not waiter.held
+        assert batches.decode_answer(waiter.reply) == batches.Replayed("h") and not waiter.held
     finally:
         holder.release()
 
@@ -174,7 +193,6 @@ def test_a_batch_calls_back_once_with_every_hold_it_committed(app, make_product)
     import threading
 
     from flashsale.extensions import db, redis_store
-    from tests.live_server import wait_until
 
     make_product(slug="batched", total_stock=20)
     policy = holds.HoldPolicy(lock_wait_ms=5000)
@@ -183,7 +201,7 @@ def test_a_batch_calls_back_once_with_every_hold_it_committed(app, make_product)
     def buy(n):
         with app.app_context():
             placed.append(holds.place_hold(db.session, redis_store.client, "batched", f"b{n}@x.io", 1, policy,
-                                           on_committed=lambda ids, expires: calls.append((ids, expires))))
+                                           on_committed=lambda _pipe, ids, expires: calls.append((ids, expires))))
             db.session.remove()
 
     with app.app_context():
@@ -192,7 +210,7 @@ def test_a_batch_calls_back_once_with_every_hold_it_committed(app, make_product)
         buyers = [threading.Thread(target=buy, args=(n,)) for n in range(10)]
         for buyer in buyers:
             buyer.start()
-        wait_until(lambda: redis.llen(keys.lock_line(1)) == 10, 10, message="ten buyers in line")
+        wait_until(lambda: redis.llen(keys.batch_queue(1)) == 10, 10, message="ten buyers in line")
         holder.release()
         for buyer in buyers:
             buyer.join(10)
@@ -206,8 +224,8 @@ def test_a_placed_hold_is_answered_without_reading_it_back(app, make_product):
     """The hold a buyer placed is put in the session as inserted: its answer costs no SELECT."""
     from sqlalchemy import event
 
-    from flashsale.api.serialise import hold_json
     from flashsale.extensions import db, redis_store
+    from flashsale.serialise import hold_json
 
     make_product(slug="attached", total_stock=5)
     with app.app_context():

@@ -6,21 +6,24 @@ quick start's placement too: the same line, with SQLite's writer lock (BEGIN IMM
 
 import sqlite3
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
 from flask_migrate import upgrade
-from sqlalchemy import event, func, select, text
+from sqlalchemy import event, func, select
 
 from config import TestConfig
 from flashsale import create_app, keys
 from flashsale.errors import IdempotencyMismatch, LimitExceeded, LockBusy, SoldOut
 from flashsale.extensions import db, redis_store
-from flashsale.inventory import catalog, holds, line, locks, placement, stock
+from flashsale.inventory import batches, catalog, faults, holds, locks, placement, stock
 from flashsale.inventory.audit import audit
+from flashsale.inventory.clock import db_now
 from flashsale.models import InventoryEvent, Order, Product
+from tests.line_buyers import buyer_in_line_behind, take_the_line
 from tests.live_server import wait_until
-from tests.test_races import _take_the_line
+from tests.shop import reset
 
 
 @pytest.fixture(scope="module")
@@ -43,13 +46,8 @@ def lite_app(sqlite_path):
 def lite(lite_app):
     """The SQLite app with empty tables and an empty test Redis database."""
     with lite_app.app_context():
-        for table in ("inventory_events", "payments", "orders", "products"):
-            db.session.execute(text(f"DELETE FROM {table}"))
-        db.session.commit()
+        reset()
         db.session.remove()
-        redis_store.client.flushdb()
-    catalog.forget()
-    stock.forget_recent()
     yield lite_app
     catalog.forget()
 
@@ -81,7 +79,7 @@ def buy(app, outcomes, email, quantity=1, key=None, policy=None, calls=None, slu
             placed = holds.place_hold(
                 db.session, redis_store.client, slug, email, quantity,
                 policy or holds.HoldPolicy(lock_wait_ms=10_000), key,
-                on_committed=(lambda ids, _: calls.append(list(ids))) if calls is not None else None)
+                on_committed=(lambda _pipe, ids, _: calls.append(list(ids))) if calls is not None else None)
             outcomes.append((email, key, quantity, placed))
         except (SoldOut, LimitExceeded, IdempotencyMismatch, LockBusy) as refusal:
             outcomes.append((email, key, quantity, refusal))
@@ -93,8 +91,8 @@ def test_the_quick_start_places_holds_through_the_line(lite, monkeypatch):
     """No second algorithm: SQLite's holds go through the batch transaction the line serves."""
     add_product(lite)
     served = []
-    real_serve = line.serve
-    monkeypatch.setattr(line, "serve", lambda *args, **kw: served.append(args[3]) or real_serve(*args, **kw))
+    real_serve = batches.serve
+    monkeypatch.setattr(batches, "serve", lambda *args, **kw: served.append(args[3]) or real_serve(*args, **kw))
     outcomes = []
     buy(lite, outcomes, "ann@x.io")
     assert outcomes[0][3].created and [len(batch) for batch in served] == [1]
@@ -136,10 +134,10 @@ def test_a_herd_of_threads_gets_exactly_the_stock_in_holds_and_batches_form(lite
     def hold_the_writer_lock_until_a_line_forms(_product_id, email):
         if not first:
             first.append(email)
-            wait_until(lambda: redis.llen(keys.lock_line(product_id)) >= 5, 10, interval=0.005,
+            wait_until(lambda: redis.llen(keys.batch_queue(product_id)) >= 5, 10, interval=0.005,
                        message="five buyers in line")
 
-    monkeypatch.setattr(holds, "after_row_lock", hold_the_writer_lock_until_a_line_forms)
+    monkeypatch.setattr(faults, "after_row_lock", hold_the_writer_lock_until_a_line_forms)
     outcomes, calls = [], []
     start = threading.Barrier(40)
 
@@ -181,11 +179,37 @@ def test_a_batch_holds_the_writer_lock_from_its_read_to_its_commit(lite, sqlite_
         finally:
             other.close()
 
-    monkeypatch.setattr(holds, "after_row_lock", try_to_write)
+    monkeypatch.setattr(faults, "after_row_lock", try_to_write)
     outcomes = []
     buy(lite, outcomes, "ann@x.io")
     assert outcomes[0][3].created
     assert attempts == ["database is locked"]
+
+
+def test_the_clock_is_read_once_the_writer_lock_is_granted(lite, sqlite_path):
+    """SQLite's 'now' (stock reads, the audit, conditional updates) is read after BEGIN IMMEDIATE: never
+    older than a commit the transaction sees (else a hold that lapsed meanwhile would count twice)."""
+    writer = sqlite3.connect(sqlite_path, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    calling, seen = threading.Event(), {}
+
+    def read_the_clock():
+        with lite.app_context():
+            calling.set()
+            seen["now"] = db_now(db.session)
+            db.session.remove()
+
+    reader = threading.Thread(target=read_the_clock)
+    reader.start()
+    try:
+        assert calling.wait(5)
+        time.sleep(0.1)  # staging a writer busy for 100 ms, not waiting for the reader
+        committed_at = datetime.now(timezone.utc)
+        writer.execute("COMMIT")
+    finally:
+        writer.close()
+        reader.join(10)
+    assert seen["now"] >= committed_at
 
 
 def test_a_lapsed_redis_lock_cannot_oversell_because_the_writer_lock_decides(lite, monkeypatch):
@@ -215,7 +239,7 @@ def test_a_lapsed_redis_lock_cannot_oversell_because_the_writer_lock_decides(lit
 
     monkeypatch.setattr(placement.SQLiteBatchTransaction, "lock_and_read", lock_and_read)
     monkeypatch.setattr(placement.SQLiteBatchTransaction, "insert_and_commit", insert_and_commit)
-    monkeypatch.setattr(holds, "after_row_lock", stall)
+    monkeypatch.setattr(faults, "after_row_lock", stall)
     outcomes = []
     first = threading.Thread(target=buy, args=(lite, outcomes, "first@x.io", 1, None, policy), name="first")
     first.start()
@@ -243,7 +267,7 @@ def _join_in_order(lite, product_id, buyers, policy, outcomes, calls):
         thread = threading.Thread(target=buy, args=(lite, outcomes, email, quantity, key, policy, calls))
         thread.start()
         threads.append(thread)
-        wait_until(lambda n=n: redis.llen(keys.lock_line(product_id)) == n, 10, interval=0.002,
+        wait_until(lambda n=n: redis.llen(keys.batch_queue(product_id)) == n, 10, interval=0.002,
                    message=f"buyer {n} in line")
     return threads
 
@@ -285,22 +309,6 @@ def test_limits_and_idempotency_keys_are_decided_inside_one_batch(lite):
         db.session.remove()
 
 
-def _buyer_in_line_behind(lite, policy, outcome):
-    def run():
-        with lite.app_context():
-            try:
-                outcome["placed"] = holds.place_hold(db.session, redis_store.client, "ps5", "late@x.io", 1,
-                                                     policy)
-            except LockBusy as busy:
-                outcome["refused"] = busy
-            finally:
-                db.session.remove()
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread
-
-
 def test_a_hold_committed_for_a_buyer_who_was_never_answered_is_found_under_the_writer_lock(
         lite, monkeypatch):
     """A holder takes the buyer's request, reads the clock in time, then stalls and never answers (as
@@ -309,7 +317,7 @@ def test_a_hold_committed_for_a_buyer_who_was_never_answered_is_found_under_the_
     product_id = add_product(lite)
     policy = holds.HoldPolicy(lock_ttl_ms=200, lock_wait_ms=600)
     buyer_past_deadline = threading.Event()
-    real_wait = holds.wait_until_past
+    real_wait = batches.wait_until_past
     real_insert = placement.SQLiteBatchTransaction.insert_and_commit
 
     def wait_then_say_so(session, epoch):
@@ -320,19 +328,19 @@ def test_a_hold_committed_for_a_buyer_who_was_never_answered_is_found_under_the_
         assert buyer_past_deadline.wait(10), "the buyer never settled with the database"
         return real_insert(self, *args)
 
-    monkeypatch.setattr(holds, "wait_until_past", wait_then_say_so)
+    monkeypatch.setattr(batches, "wait_until_past", wait_then_say_so)
     monkeypatch.setattr(placement.SQLiteBatchTransaction, "insert_and_commit", stalled_insert)
     outcome = {}
     with lite.app_context():
         redis = redis_store.client
         holder = locks.ProductLock(redis, product_id, ttl_ms=30_000, wait_ms=0).acquire()
-        buyer = _buyer_in_line_behind(lite, policy, outcome)
-        request = _take_the_line(redis, product_id)
-        answers = line.serve(db.session, redis, product_id, [request], 120, "0")  # never sent
+        buyer = buyer_in_line_behind(lite, "ps5", policy, outcome)
+        request = take_the_line(redis, product_id)
+        answers = batches.serve(db.session, redis, product_id, [request], 120, "0")  # never sent
         db.session.remove()
         buyer.join(15)
         holder.release()
-    assert isinstance(answers[request.ticket], line.Created)
+    assert isinstance(answers[request.ticket], batches.Created)
     assert "placed" in outcome and outcome["placed"].hold.id == request.hold_id
     assert outcome["placed"].created
     assert count(lite, Order) == 1
@@ -347,11 +355,11 @@ def test_a_request_taken_after_its_deadline_is_refused_and_its_buyer_told_503(li
     with lite.app_context():
         redis = redis_store.client
         holder = locks.ProductLock(redis, product_id, ttl_ms=30_000, wait_ms=0).acquire()
-        buyer = _buyer_in_line_behind(lite, policy, outcome)
-        request = _take_the_line(redis, product_id)
+        buyer = buyer_in_line_behind(lite, "ps5", policy, outcome)
+        request = take_the_line(redis, product_id)
         wait_until(lambda: datetime.now(timezone.utc).timestamp() > request.deadline, 5, interval=0.01,
                    message="the deadline")
-        answers = line.serve(db.session, redis, product_id, [request], 120, "0")
+        answers = batches.serve(db.session, redis, product_id, [request], 120, "0")
         db.session.remove()
         buyer.join(15)
         holder.release()

@@ -1,7 +1,8 @@
 """The poll gate answers watchers' polls exactly as Flask would, without Flask, and hands Flask the rest
-(flashsale/poll_gate.py)."""
+(flashsale/gates/polls.py)."""
 
 import json
+import re
 
 import pytest
 
@@ -38,11 +39,16 @@ def test_the_gate_answers_a_poll_as_flask_does_and_flask_never_sees_it(app, clie
     g_status, g_body, g_headers = answer(client, path)
     assert (g_status, comparable(g_body)) == (f_status, comparable(f_body)) == (200, comparable(f_body))
     assert comparable(g_body)["available"] == 7
-    assert g_headers == f_headers | {"Content-Length": g_headers["Content-Length"]}
+    # Every answer has its own request id (web/logs.py), the gate's as Flask's; the rest is the same.
+    ids = {headers["X-Request-Id"] for headers in (f_headers, f_304[2], g_headers)}
+    assert len(ids) == 3 and all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
+    assert g_headers == f_headers | {"Content-Length": g_headers["Content-Length"],
+                                     "X-Request-Id": g_headers["X-Request-Id"]}
     g_304 = answer(client, path, **{"If-None-Match": g_headers["ETag"]})
     assert (g_304[0], g_304[1]) == (f_304[0], f_304[1]) == (304, b"")
-    assert {k: v for k, v in g_304[2].items() if k != "Content-Length"} == \
-        {k: v for k, v in f_304[2].items() if k != "Content-Length"}
+    assert g_304[2]["X-Request-Id"] not in ids
+    assert {k: v for k, v in g_304[2].items() if k not in ("Content-Length", "X-Request-Id")} == \
+        {k: v for k, v in f_304[2].items() if k not in ("Content-Length", "X-Request-Id")}
 
 
 def test_a_movement_shows_in_the_gates_next_answer(app, client, make_product):

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, multiple, rule, run_state_machine_as_test
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, true, update
 
 from flashsale import keys
 from flashsale.errors import (
@@ -30,14 +30,15 @@ from flashsale.errors import (
     SoldOut,
 )
 from flashsale.extensions import db, redis_store
-from flashsale.gateways import FakeGateway, GatewayUnavailable
-from flashsale.inventory import catalog, expiry, holds, payments
+from flashsale.gateways import GatewayUnavailable
+from flashsale.gateways.fake import FakeGateway
+from flashsale.inventory import expiry, holds, payments
 from flashsale.inventory.audit import audit
 from flashsale.inventory.clock import db_now
 from flashsale.inventory.confirmation import accept_confirmation, payment_key
 from flashsale.inventory.stock import stock_levels
 from flashsale.models import InventoryEvent, Order, Payment
-from tests.conftest import _truncate
+from tests.shop import reset, turn_back
 
 PRODUCTS = {"ps5": (3, 2), "gpu": (2, 1)}  # slug: (total_stock, max_per_customer)
 BUYERS = ["ann@x.io", "bob@x.io", "cy+refuse@x.io"]  # "+refuse": the fake gateway declines
@@ -51,8 +52,8 @@ CALLS = ["answered", "answered", "timeout", "lost"]
 class ScriptedGateway(FakeGateway):
     """The fake gateway, with this call's fate chosen by the test."""
 
-    def __init__(self, redis, call):
-        super().__init__(redis)
+    def __init__(self, engine, call):
+        super().__init__(engine)
         self.call = call
 
     def charge(self, key, amount_cents, email, reference=""):
@@ -96,9 +97,7 @@ class FlashSale(RuleBasedStateMachine):
     def __init__(self):
         super().__init__()
         self.session, self.redis = db.session, redis_store.client
-        _truncate()
-        self.redis.flushdb()
-        catalog.forget()
+        reset()
         self.product_ids = {slug: make_product(self.session, slug, *PRODUCTS[slug]) for slug in PRODUCTS}
         self.holds, self.keys = {}, {}
 
@@ -196,7 +195,7 @@ class FlashSale(RuleBasedStateMachine):
         claims = model.status == "CONFIRMING" and (not model.attempted or model.due)
         with self.touching(model.product):
             settled = payments.take_payment(self.session, self.redis, hold_id,
-                                            ScriptedGateway(self.redis, call), PAYMENT_POLICY)
+                                            ScriptedGateway(db.engine, call), PAYMENT_POLICY)
         if not claims:
             assert settled.outcome == "skipped"
             return
@@ -225,10 +224,10 @@ class FlashSale(RuleBasedStateMachine):
     @rule()
     def leases_run_out(self):
         """PAYMENT_TIMEOUT_SECONDS pass: every attempt in flight may now be retried by a reconciler."""
-        self.session.execute(update(Payment).values(
-            attempted_at=func.coalesce(Payment.attempted_at, Payment.created_at)
-            - timedelta(seconds=PAYMENT_POLICY.timeout_seconds + 1),
-            created_at=Payment.created_at - timedelta(seconds=PAYMENT_POLICY.timeout_seconds + 1)))
+        self.session.execute(update(Payment).where(Payment.attempted_at.is_(None))
+                             .values(attempted_at=Payment.created_at))
+        turn_back(self.session, [Payment.attempted_at, Payment.created_at], true(),
+                  PAYMENT_POLICY.timeout_seconds + 1)
         self.session.commit()
         for model in self.holds.values():
             if model.status == "CONFIRMING":
@@ -239,10 +238,8 @@ class FlashSale(RuleBasedStateMachine):
         """PAYMENT_FINAL_SECONDS pass since every confirmation still being paid for was accepted."""
         confirming = [hold_id for hold_id, h in self.holds.items()
                       if h.status == "CONFIRMING" and not h.past_final]
-        self.session.execute(update(Order).where(Order.id.in_(confirming)).values(
-            confirmation_requested_at=Order.confirmation_requested_at
-            - timedelta(seconds=PAYMENT_POLICY.final_seconds + 1),
-            hold_expires_at=Order.hold_expires_at - timedelta(seconds=PAYMENT_POLICY.final_seconds + 1)))
+        turn_back(self.session, [Order.confirmation_requested_at, Order.hold_expires_at],
+                  Order.id.in_(confirming), PAYMENT_POLICY.final_seconds + 1)
         self.session.commit()
         for hold_id in confirming:  # their two minutes ran out long ago too
             self.holds[hold_id].past_final = self.holds[hold_id].lapsed = True
@@ -253,7 +250,7 @@ class FlashSale(RuleBasedStateMachine):
         model = self.holds[hold_id]
         claims = model.status == "CONFIRMING" and model.due
         settled = payments.reconcile_payment(self.session, self.redis, hold_id,
-                                             ScriptedGateway(self.redis, call), PAYMENT_POLICY)
+                                             ScriptedGateway(db.engine, call), PAYMENT_POLICY)
         if not claims:
             assert settled.outcome == "skipped"
             return
@@ -332,14 +329,14 @@ class FlashSale(RuleBasedStateMachine):
     @invariant()
     def audit_passes(self):
         """Invariants 1, 3, 4, 5, 6, 8 and 9 as `flask audit` checks them (with the gateway's charges)."""
-        breaches = audit(self.session, FakeGateway(self.redis), PAYMENT_POLICY.final_seconds)
+        breaches = audit(self.session, FakeGateway(db.engine), PAYMENT_POLICY.final_seconds)
         assert breaches == [], "\n".join(map(str, breaches))
 
     @invariant()
     def the_gateway_holds_what_the_model_says(self):
         """Invariant 9: each hold's key holds the charge the model expects (or none); the audit above
         checks that no hold is charged under any other key."""
-        gateway = FakeGateway(self.redis)
+        gateway = FakeGateway(db.engine)
         for hold_id, model in self.holds.items():
             found = gateway.find(payment_key(hold_id))
             assert (found.status if found else None) == model.charged

@@ -1,6 +1,6 @@
 """The quick start: one command runs Redis, the web app and a worker, and Ctrl-C leaves nothing behind.
 
-Each test runs the real `python -m flashsale.devserver run` (what `python3 dev.py run` execs) in a temporary
+Each test runs the real `python -m devtools.devserver run` (what `python3 dev.py run` execs) in a temporary
 instance folder on a free port, so it never touches a developer's own quick start.
 """
 
@@ -19,12 +19,12 @@ import pytest
 import redis as redis_lib
 
 from config import TestConfig
+from devtools.embedded_redis import EmbeddedRedis, find_redis_server
+from devtools.quickstart import QuickStart, parse_args, seeded_lines
 from flashsale import create_app
-from flashsale.embedded_redis import EmbeddedRedis, find_redis_server
 from flashsale.extensions import db, redis_store
 from flashsale.inventory import catalog, holds
-from flashsale.quickstart import QuickStart, parse_args, seeded_lines
-from flashsale.seeding import load_scenario, seed
+from flashsale.inventory.seeding import load_scenario, seed
 from tests.live_server import ROOT, free_port, wait_until
 
 pytestmark = [
@@ -89,7 +89,7 @@ def healthy(url):
 
 
 class QuickStartProcess:
-    """`python -m flashsale.devserver run` in a temp instance folder, its output collected."""
+    """`python -m devtools.devserver run` in a temp instance folder, its output collected."""
 
     def __init__(self, instance):
         self.instance = instance
@@ -99,7 +99,7 @@ class QuickStartProcess:
                if k not in {"DATABASE_URL", "REDIS_URL", "FLASHSALE_INSTANCE", "FLASHSALE_PORT"}}
         env["PYTHONUNBUFFERED"] = "1"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "flashsale.devserver", "run", "--port", str(self.port),
+            [sys.executable, "-m", "devtools.devserver", "run", "--port", str(self.port),
              "--instance", str(instance)],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             start_new_session=True,
@@ -183,7 +183,7 @@ def test_a_second_quick_start_on_the_same_folder_is_refused_and_sigterm_stops_ev
     started = descendants(quick_start.process.pid)
     assert len(started) >= 4  # redis, web server master + workers, worker
     second = subprocess.run(
-        [sys.executable, "-m", "flashsale.devserver", "run", "--port", str(free_port()),
+        [sys.executable, "-m", "devtools.devserver", "run", "--port", str(free_port()),
          "--instance", str(quick_start.instance)],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )
@@ -214,7 +214,7 @@ def test_a_taken_port_is_reported_before_anything_starts(tmp_path):
         taken.listen()
         port = taken.getsockname()[1]
         done = subprocess.run(
-            [sys.executable, "-m", "flashsale.devserver", "run", "--port", str(port),
+            [sys.executable, "-m", "devtools.devserver", "run", "--port", str(port),
              "--instance", str(tmp_path / "instance")],
             cwd=ROOT, capture_output=True, text=True, timeout=60,
         )

@@ -1,4 +1,4 @@
-"""Racing tests: real threads and processes against real PostgreSQL and Redis (design section 3).
+"""Racing tests: real threads and processes against the real database and Redis (design section 3).
 
 Each claim the design makes about concurrency is staged here for real, not argued.
 """
@@ -19,15 +19,16 @@ from sqlalchemy import func, select, text, update
 from config import TestConfig
 from flashsale.errors import HoldExpired, LockBusy, SoldOut
 from flashsale.extensions import db, redis_store
-from flashsale.gateways import FakeGateway
-from flashsale.inventory import expiry, holds, locks
+from flashsale.gateways.fake import FakeGateway
+from flashsale.inventory import expiry, faults, holds, locks
 from flashsale.inventory.audit import audit
+from flashsale.inventory.clock import db_now
 from flashsale.inventory.confirmation import accept_confirmation
 from flashsale.inventory.payments import take_payment
 from flashsale.models import Order
+from tests.faults import fire
+from tests.line_buyers import buyer_in_line_behind, take_the_line
 from tests.live_server import BIN, ROOT, LiveServer, server_env, wait_until
-
-pytestmark = pytest.mark.usefixtures("postgres_only")
 
 
 @pytest.fixture(scope="module")
@@ -51,18 +52,6 @@ def flask_audit():
     env = server_env(TestConfig.SQLALCHEMY_DATABASE_URI, TestConfig.REDIS_URL)
     return subprocess.run([str(BIN / "flask"), "--app", "app", "audit"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
-
-
-async def fire(url, requests, concurrency=None):
-    """Send every (path, json, headers) at once; return [(status, body)] in order."""
-    connector = aiohttp.TCPConnector(limit=concurrency or 0)
-    timeout = aiohttp.ClientTimeout(total=60)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as client:
-        async def one(path, body, headers):
-            async with client.post(url + path, json=body, headers=headers or {}) as response:
-                return response.status, await response.json()
-
-        return await asyncio.gather(*(one(*request) for request in requests))
 
 
 def test_a_thousand_buyers_for_a_hundred_units_get_exactly_a_hundred_holds(app, live, make_product):
@@ -174,7 +163,7 @@ def test_confirms_racing_the_expiry_instant_never_both_confirm_and_expire(app, m
 
     def pay(hold_id):  # after every expiry: the queue was slow, the promise stands
         with app.app_context():
-            gateway = FakeGateway(redis_store.client, delay_ms=20)
+            gateway = FakeGateway(db.engine, delay_ms=20)
             settled = take_payment(db.session, redis_store.client, hold_id, gateway).status
             db.session.remove()
             return settled
@@ -194,7 +183,7 @@ def test_confirms_racing_the_expiry_instant_never_both_confirm_and_expire(app, m
                 assert order.confirmation_requested_at < order.hold_expires_at
         # Exactly one outcome event per hold, ledger balanced, and money follows every outcome: one
         # capture per CONFIRMED hold at the gateway, nothing taken for an EXPIRED one.
-        assert audit(db.session, FakeGateway(redis_store.client)) == []
+        assert audit(db.session, FakeGateway(db.engine)) == []
         db.session.remove()
 
 
@@ -218,12 +207,12 @@ def test_a_lapsed_redis_lock_cannot_oversell_because_the_row_lock_decides(app, m
             second_has_redis_lock.set()
         return result
 
-    def release(self):
-        released = real_release(self)
+    def release(self, *more):
+        released = real_release(self, *more)
         releases.append((threading.current_thread().name, released))
         return released
 
-    monkeypatch.setattr(holds, "after_row_lock", stall_under_row_lock)
+    monkeypatch.setattr(faults, "after_row_lock", stall_under_row_lock)
     monkeypatch.setattr(locks.ProductLock, "acquire", acquire)
     monkeypatch.setattr(locks.ProductLock, "release", release)
     outcomes = {}
@@ -288,6 +277,8 @@ def test_a_released_lock_wakes_a_waiter_without_polling(ctx, redis):
     waiter.join()
 
 
+@pytest.mark.postgres("holds one product's row lock (FOR UPDATE) while another sells; SQLite's writer lock "
+                      "covers the whole database")
 def test_two_products_bought_at_once_do_not_block_each_other(app, make_product):
     """While one product's Redis lock *and* row lock are held, another product sells normally."""
     make_product(slug="hot", total_stock=10)
@@ -327,8 +318,8 @@ def test_two_products_bought_at_once_do_not_block_each_other(app, make_product):
 def test_redis_stopping_mid_test_gives_503_and_the_app_recovers(app, make_product, tmp_path):
     """A private redis-server is stopped and restarted under a live app: 503 unavailable with
     Retry-After and nothing half-written while it is down, holds again once it is back."""
+    from devtools.embedded_redis import EmbeddedRedis
     from flashsale import create_app
-    from flashsale.embedded_redis import EmbeddedRedis
 
     make_product(slug="outage", total_stock=10, max_per_customer=1)
     server = EmbeddedRedis(Path(tmp_path) / "redis").start()
@@ -356,32 +347,6 @@ def test_redis_stopping_mid_test_gives_503_and_the_app_recovers(app, make_produc
         assert audit(db.session) == []
 
 
-def _buyer_in_line_behind(app, slug, policy, outcome):
-    """Start a buyer thread that joins the line behind a lock the test holds; returns the thread."""
-
-    def buy():
-        with app.app_context():
-            try:
-                outcome["placed"] = holds.place_hold(db.session, redis_store.client, slug, "late@x.io", 1, policy)
-            except LockBusy as busy:
-                outcome["refused"] = busy
-            finally:
-                db.session.remove()
-
-    thread = threading.Thread(target=buy)
-    thread.start()
-    return thread
-
-
-def _take_the_line(redis, product_id):
-    from flashsale import keys
-    from flashsale.inventory import line
-
-    raw = wait_until(lambda: redis.lpop(keys.lock_line(product_id)), 5, interval=0.002,
-                     message="the buyer to join the line")
-    return line.Request.decode(raw)
-
-
 def _waiting_on_row_lock(app):
     with app.app_context():
         waiting = db.session.execute(text(
@@ -391,11 +356,13 @@ def _waiting_on_row_lock(app):
         return waiting > 0
 
 
+@pytest.mark.postgres("watches the buyer queue on the row lock in pg_stat_activity; its SQLite twin is in "
+                      "test_line_sqlite.py")
 def test_a_hold_committed_for_a_buyer_who_was_never_answered_is_still_answered_201(app, make_product,
                                                                                     monkeypatch):
     """A holder takes the buyer's request, reads the clock in time, then stalls and never answers (its
     answer lost, as when Redis dies): the buyer settles it with the database and gets its hold."""
-    from flashsale.inventory import line, placement
+    from flashsale.inventory import batches, placement
 
     make_product(slug="unanswered", total_stock=5)
     policy = holds.HoldPolicy(lock_ttl_ms=200, lock_wait_ms=600)
@@ -411,13 +378,13 @@ def test_a_hold_committed_for_a_buyer_who_was_never_answered_is_still_answered_2
     with app.app_context():
         redis = redis_store.client
         holder = locks.ProductLock(redis, 1, ttl_ms=30_000, wait_ms=0).acquire()
-        buyer = _buyer_in_line_behind(app, "unanswered", policy, outcome)
-        request = _take_the_line(redis, 1)
-        answers = line.serve(db.session, redis, 1, [request], 120, "0")  # decided in time; never sent
+        buyer = buyer_in_line_behind(app, "unanswered", policy, outcome)
+        request = take_the_line(redis, 1)
+        answers = batches.serve(db.session, redis, 1, [request], 120, "0")  # decided in time; never sent
         db.session.remove()
         buyer.join(15)
         holder.release()
-    assert isinstance(answers[request.ticket], line.Created)
+    assert isinstance(answers[request.ticket], batches.Created)
     assert "placed" in outcome and outcome["placed"].hold.id == request.hold_id
     assert count_orders(app) == 1
 
@@ -425,7 +392,7 @@ def test_a_hold_committed_for_a_buyer_who_was_never_answered_is_still_answered_2
 def test_a_request_taken_after_its_deadline_is_refused_and_its_buyer_told_503(app, make_product):
     """A holder takes the buyer's request but only reaches the database after the deadline: it must
     refuse it, so the buyer's 503 (settled with the database) is true."""
-    from flashsale.inventory import line
+    from flashsale.inventory import batches
 
     make_product(slug="too-late", total_stock=5)
     policy = holds.HoldPolicy(lock_ttl_ms=200, lock_wait_ms=300)
@@ -433,12 +400,15 @@ def test_a_request_taken_after_its_deadline_is_refused_and_its_buyer_told_503(ap
     with app.app_context():
         redis = redis_store.client
         holder = locks.ProductLock(redis, 1, ttl_ms=30_000, wait_ms=0).acquire()
-        buyer = _buyer_in_line_behind(app, "too-late", policy, outcome)
-        request = _take_the_line(redis, 1)
-        db_clock = lambda: db.session.execute(text("SELECT extract(epoch FROM clock_timestamp())")).scalar()  # noqa: E731
-        wait_until(lambda: float(db_clock()) > request.deadline, 5, interval=0.01, message="the deadline")
-        db.session.rollback()
-        answers = line.serve(db.session, redis, 1, [request], 120, "0")
+        buyer = buyer_in_line_behind(app, "too-late", policy, outcome)
+        request = take_the_line(redis, 1)
+        def past_deadline():
+            passed = db_now(db.session).timestamp() > request.deadline
+            db.session.rollback()
+            return passed
+
+        wait_until(past_deadline, 5, interval=0.01, message="the deadline, by the database clock")
+        answers = batches.serve(db.session, redis, 1, [request], 120, "0")
         db.session.remove()
         buyer.join(15)
         holder.release()

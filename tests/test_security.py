@@ -17,7 +17,7 @@ from config import TestConfig
 from flashsale import create_app, models
 from flashsale.extensions import db, limiter
 from flashsale.models import Order
-from flashsale.security import mask_emails
+from flashsale.serialise import mask_emails
 from tests.faults import DATABASE_URL, hold
 from tests.live_server import LiveServer, free_port
 
@@ -193,17 +193,30 @@ def test_the_buy_form_is_rate_limited_too(sale):
     assert again.status_code == 429 and "Traceback" not in again.get_data(as_text=True)
 
 
-def test_a_limiter_outage_fails_closed_with_503(app, sale):
+def test_a_limiter_outage_fails_closed_with_503(app, sale, monkeypatch):
+    """The hold route's own count (web/hold_limits.py) and Flask-Limiter's (the buy form) both fail
+    closed: a limit that cannot be counted refuses the request, which changes nothing."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from flashsale.web import hold_limits
+
+    def unreachable(*args, **kwargs):
+        raise RedisConnectionError("the limits' Redis is unreachable")
+
+    monkeypatch.setattr(hold_limits, "LIMITS_SCRIPT", unreachable)
+    refused = place(limited().test_client(), "ann@example.com")
+    assert refused.status_code == 503 and refused.json["error"]["code"] == "unavailable"
+    assert refused.headers["Retry-After"]
+
     dead = f"redis://127.0.0.1:{free_port()}/0"
     client = limited(RATELIMIT_STORAGE_URI=dead,
                      RATELIMIT_STORAGE_OPTIONS={"socket_connect_timeout": 0.5}).test_client()
-    refused = place(client, "ann@example.com")
-    assert refused.status_code == 503 and refused.json["error"]["code"] == "unavailable"
-    assert refused.headers["Retry-After"]
+    form = {"email": "bob@example.com", "quantity": "1", "idempotency_key": "web-form-key-9"}
+    refused = client.post("/products/ps5/hold", data=form, environ_base={"REMOTE_ADDR": "203.0.113.9"})
+    assert refused.status_code == 503 and refused.headers["Retry-After"]
     assert snapshot(app) == []
 
 
-@pytest.mark.usefixtures("postgres_only")
 def test_rate_limits_are_shared_by_every_web_server_process(app, sale):
     """Two web servers (one worker process each, so which process answers is certain) on one
     Redis: a client's 10-a-minute allowance is spent across both, not 10 at each."""
@@ -280,7 +293,7 @@ def test_a_crash_shows_no_stack_trace_and_changes_nothing(app, sale, caplog, mon
     monkeypatch.setattr(checkout.holds, "place_hold", lambda *a, **k: 1 / 0)
     client = crashing.test_client()
     # Alembic's fileConfig (run by the app fixture's migrations) disables existing loggers; undo that.
-    monkeypatch.setattr(logging.getLogger("flashsale.handlers"), "disabled", False)
+    monkeypatch.setattr(logging.getLogger("flashsale.web.handlers"), "disabled", False)
     with caplog.at_level(logging.ERROR):
         answers = [client.get("/api/crash"), client.get("/crash", headers={"Accept": "text/html"}),
                    client.post(HOLDS, json={"email": "ann@example.com"})]
@@ -301,8 +314,10 @@ def test_every_form_post_needs_a_csrf_token(app, sale, client):
     guarded = create_app(TestConfig, WTF_CSRF_ENABLED=True)
     browser = guarded.test_client()
     before = snapshot(app)
+    # The API needs no cookie, and Stripe's webhooks are authenticated by their signature
+    # (tests/test_stripe_payments.py): every other POST is a form, and needs its token.
     posts = [rule for rule in guarded.url_map.iter_rules()
-             if "POST" in rule.methods and not rule.rule.startswith("/api/")]
+             if "POST" in rule.methods and not rule.rule.startswith(("/api/", "/webhooks/"))]
     assert {"/products/<ref>/hold", "/holds/<token>/confirm", "/holds/<token>/release"} <= \
         {rule.rule for rule in posts}
     for rule in posts:

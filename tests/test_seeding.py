@@ -9,16 +9,15 @@ import pytest
 import yaml
 from sqlalchemy import func, inspect, select, text, update
 
-from flashsale import keys, seeding
+from flashsale import keys
 from flashsale.errors import SaleNotOpen, SoldOut
 from flashsale.extensions import db, redis_store
-from flashsale.gateways import FakeGateway
-from flashsale.inventory import holds, soldout
+from flashsale.gateways.fake import FakeGateway
+from flashsale.inventory import holds, seeding, soldout
 from flashsale.inventory.audit import audit
 from flashsale.inventory.confirmation import accept_confirmation, payment_key
 from flashsale.inventory.payments import take_payment
-from flashsale.models import CONFIRMED, CONFIRMING, InventoryEvent, Order, Payment, Product
-from flashsale.seeding import (
+from flashsale.inventory.seeding import (
     PaidOrdersExist,
     describe,
     load_scenario,
@@ -28,6 +27,7 @@ from flashsale.seeding import (
     seed,
     window_text,
 )
+from flashsale.models import CONFIRMED, CONFIRMING, InventoryEvent, Order, Payment, Product
 from tests.live_server import wait_until
 
 # Seeded windows are compared with the database clock by some checks: build "now" at run time.
@@ -125,7 +125,7 @@ def test_the_list_describes_products_stock_windows_and_crowds(app):
     assert result.exit_code == 0, result.output
     for name in REQUIRED:
         assert name in result.output
-    assert "ps5: PlayStation 5, 100 units at 499.99, 1 per customer, live now for 1h" in result.output
+    assert "ps5: PlayStation 5, 100 units at 499.99 USD, 1 per customer, live now for 1h" in result.output
     assert "crowd: 5,000 buyers for ps5, burst" in result.output
     assert "opens in 10m for 2h" in result.output and "ended 1h ago" in result.output
     assert "100,000 units" in result.output
@@ -181,7 +181,7 @@ def pay(session, redis, hold_id, status):
     """Confirm a hold as the shop does: CONFIRMING (accepted, payment under way) or CONFIRMED (paid)."""
     accept_confirmation(session, hold_id)
     if status == CONFIRMED:
-        assert take_payment(session, redis, hold_id, FakeGateway(redis)).status == CONFIRMED
+        assert take_payment(session, redis, hold_id, FakeGateway(db.engine)).status == CONFIRMED
     return payment_key(hold_id)
 
 
@@ -206,8 +206,8 @@ def a_sale_in_progress(session, redis, policy):
     assert soldout.is_marked(redis, product_id(session, "gold-edition"))
     ps5_id = product_id(session, "ps5")
     redis.set(keys.sold_out(ps5_id), "1")
-    redis.rpush(keys.lock_line(ps5_id), "a buyer waiting in line")
-    redis.lpush(keys.line_reply(ps5_id, "ticket-1"), "an answer nobody picked up")
+    redis.rpush(keys.batch_queue(ps5_id), "a buyer waiting in line")
+    redis.lpush(keys.batch_reply(ps5_id, "ticket-1"), "an answer nobody picked up")
     redis.set(keys.lock(ps5_id), "a live holder's token")
     redis.lpush(keys.lock_wake(ps5_id), "1")
     for key in redis.scan_iter():
@@ -317,8 +317,8 @@ def test_reset_starts_the_sale_over_and_drops_only_that_scenarios_rows(session, 
     assert without_product(database_dump(session), ps5) == others
     # Redis: the mark, line and reply are gone, the generation moved on, the live holder keeps its lock.
     assert done.redis_keys == 3
-    assert not soldout.is_marked(redis, ps5) and not redis.exists(keys.lock_line(ps5))
-    assert not redis.exists(keys.line_reply(ps5, "ticket-1"))
+    assert not soldout.is_marked(redis, ps5) and not redis.exists(keys.batch_queue(ps5))
+    assert not redis.exists(keys.batch_reply(ps5, "ticket-1"))
     assert int(soldout.generation(redis, ps5)) == generation + 1
     assert redis.get(keys.lock(ps5)) == b"a live holder's token" and redis.exists(keys.lock_wake(ps5))
     assert {key: value for key, value in redis_dump(redis).items()
@@ -348,7 +348,7 @@ def test_reset_refuses_paid_orders_unless_told(app, session, redis, policy):
     assert "Nothing was deleted. Add --delete-paid-orders" in result.output
     assert database_dump(session) == before
 
-    gateway = FakeGateway(redis)
+    gateway = FakeGateway(db.engine)
     told = app.test_cli_runner().invoke(args=["seed", "ps5-drop", "--reset", "--delete-paid-orders"])
     assert told.exit_code == 0, told.output
     assert "ps5: started over, 100 units" in told.output
@@ -387,7 +387,7 @@ def blocked_on_a_row_lock(session):
     return waiting > 0
 
 
-@pytest.mark.usefixtures("postgres_only")
+@pytest.mark.postgres("watches the reset wait for a hold's row lock in pg_stat_activity; SQLite has no row locks")
 def test_a_confirmation_accepted_while_the_reset_waits_is_refused_not_deleted(app, session, redis, policy):
     seed(session, redis, load_scenario("ps5-drop"))
     hold = buy(session, redis, policy, "ps5", "ann@example.com")

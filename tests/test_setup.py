@@ -3,7 +3,9 @@
 import sqlite3
 import subprocess
 
-from config import normalise_database_url
+import pytest
+
+from config import TestConfig, normalise_database_url
 from tests.live_server import BIN, ROOT, server_env
 
 
@@ -16,7 +18,7 @@ def test_plain_postgresql_urls_use_the_psycopg2_driver_we_ship():
 
 def test_the_migration_upgrades_and_downgrades_on_sqlite(tmp_path):
     path = tmp_path / "m.db"
-    env = server_env(f"sqlite:///{path}", "redis://127.0.0.1:6379/15")
+    env = server_env(f"sqlite:///{path}", TestConfig.REDIS_URL)
 
     def flask_db(*args):
         subprocess.run([str(BIN / "flask"), "--app", "app", "db", *args], cwd=ROOT, env=env, check=True,
@@ -51,7 +53,7 @@ def _seed_confirmed_hold_at_0002(connection, execute):
 
 
 def _migrate_with_data(database_url, connect, execute, query):
-    env = server_env(database_url, "redis://127.0.0.1:6379/15")
+    env = server_env(database_url, TestConfig.REDIS_URL)
 
     def flask_db(*args):
         done = subprocess.run([str(BIN / "flask"), "--app", "app", "db", *args], cwd=ROOT, env=env,
@@ -88,7 +90,8 @@ def test_revision_0003_backfills_confirmed_holds_and_downgrades_on_sqlite(tmp_pa
                        lambda c, sql: [tuple(row) for row in c.execute(sql)])
 
 
-def test_revision_0003_backfills_confirmed_holds_and_downgrades_on_postgresql(app, postgres_only):
+@pytest.mark.postgres("migrates a PostgreSQL database of its own (the SQLite twin is the test above)")
+def test_revision_0003_backfills_confirmed_holds_and_downgrades_on_postgresql(app):
     from contextlib import closing, contextmanager
 
     import psycopg2

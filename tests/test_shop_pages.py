@@ -2,20 +2,21 @@
 
 import math
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from urllib.error import HTTPError
 from urllib.parse import urlencode
 from urllib.request import HTTPCookieProcessor, Request, build_opener
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from config import TestConfig
-from flashsale import create_app, jobs, keys
+from flashsale import create_app, keys
 from flashsale.errors import LockBusy
 from flashsale.extensions import db, redis_store
 from flashsale.inventory import locks
 from flashsale.models import CONFIRMED, EXPIRED, PENDING, RELEASED, Order
+from flashsale.worker import jobs
 from tests.live_server import ROOT, LiveServer
 
 KEY = "web-test-key-0001"
@@ -37,20 +38,11 @@ def text(response):
     return response.get_data(as_text=True)
 
 
-def place(client, **kwargs):
-    """Buy and return the hold page's path."""
+def buy_to_hold_page(client, **kwargs):
+    """Buy through the form and return the hold page's path (/holds/<hold id>)."""
     response = buy(client, **kwargs)
     assert response.status_code == 303, text(response)
     return response.headers["Location"]
-
-
-def lapse(app, hold_path):
-    """Move a hold's expiry into the past (as the clock would), without recording anything."""
-    with app.app_context():
-        db.session.execute(update(Order).where(Order.id == hold_path.rsplit("/", 1)[1]).values(
-            hold_expires_at=datetime.now(timezone.utc) - timedelta(seconds=1)))
-        db.session.commit()
-        db.session.remove()
 
 
 # --- sales list -------------------------------------------------------------------------------------
@@ -74,7 +66,7 @@ def test_an_empty_shop_says_how_to_load_a_sale(client):
 
 def test_a_sold_out_sale_is_listed_as_sold_out(client, make_product):
     make_product(total_stock=1)
-    place(client)
+    buy_to_hold_page(client)
     assert "Sold out" in text(client.get("/"))
 
 
@@ -126,7 +118,7 @@ def test_stock_endpoint_reports_available_units_state_and_server_time(client, ma
     before = client.get("/products/ps5/stock").json
     assert before["available"] == 2 and before["total"] == 2 and before["state"] == "live"
     assert before["server_time"].endswith("Z")
-    place(client, quantity="2")
+    buy_to_hold_page(client, quantity="2")
     assert client.get("/products/ps5/stock").json | {"server_time": None, "poll_seconds": None} == {
         "available": 0, "total": 2, "state": "sold_out", "server_time": None, "poll_seconds": None}
 
@@ -135,13 +127,13 @@ def test_stock_endpoint_reports_available_units_state_and_server_time(client, ma
 
 def test_buying_places_a_hold_schedules_its_expiry_and_counts_it(app, client, make_product):
     make_product(total_stock=5, max_per_customer=2)
-    location = place(client, email=" Ann@Example.com ", quantity="2")
+    location = buy_to_hold_page(client, email=" Ann@Example.com ", quantity="2")
     [order] = orders(app)
     assert location == f"/holds/{order.id}"
     assert (order.customer_email, order.quantity, order.status, order.idempotency_key) == (
         "ann@example.com", 2, PENDING, KEY)
     with app.app_context():
-        from flashsale.jobs import expiry_job_of
+        from flashsale.worker.jobs import expiry_job_of
 
         assert expiry_job_of(order.hold_expires_at) in redis_store.queue.scheduled_job_registry.get_job_ids()
         assert redis_store.client.sismember(keys.expiry_slot(math.ceil(order.hold_expires_at.timestamp())), order.id)
@@ -150,14 +142,14 @@ def test_buying_places_a_hold_schedules_its_expiry_and_counts_it(app, client, ma
 
 def test_resubmitting_the_same_form_makes_one_hold(app, client, make_product):
     make_product(total_stock=5)
-    first, second = place(client), place(client)
+    first, second = buy_to_hold_page(client), buy_to_hold_page(client)
     assert first == second and len(orders(app)) == 1
     assert "You already placed this hold" in text(client.get(second))
 
 
 def test_the_same_key_with_other_details_is_refused_422(app, client, make_product):
     make_product(total_stock=5, max_per_customer=2)
-    place(client)
+    buy_to_hold_page(client)
     response = buy(client, quantity="2")
     assert response.status_code == 422 and "already sent with different details" in text(response)
     assert len(orders(app)) == 1
@@ -197,7 +189,7 @@ def test_a_malformed_idempotency_key_is_a_form_error(app, client, make_product):
 
 def test_sold_out_is_409_with_a_message_and_no_hold(app, client, make_product):
     make_product(total_stock=1)
-    place(client)
+    buy_to_hold_page(client)
     response = buy(client, email="bob@example.com", key="web-other-key-0002")
     assert response.status_code == 409 and "Sold out" in text(response)
     assert 'class="flash error" role="alert"' in text(response) and len(orders(app)) == 1
@@ -205,7 +197,7 @@ def test_sold_out_is_409_with_a_message_and_no_hold(app, client, make_product):
 
 def test_asking_for_more_than_is_left_says_how_many_are(client, make_product):
     make_product(total_stock=3, max_per_customer=3)
-    place(client, quantity="2")
+    buy_to_hold_page(client, quantity="2")
     response = buy(client, email="bob@example.com", quantity="2", key="web-other-key-0002")
     assert response.status_code == 409 and "only 1 left" in text(response)
 
@@ -222,7 +214,7 @@ def test_a_closed_sale_refuses_a_posted_form_with_409(app, client, make_product,
 
 def test_the_per_customer_limit_is_409(app, client, make_product):
     make_product(total_stock=5, max_per_customer=1)
-    place(client)
+    buy_to_hold_page(client)
     response = buy(client, key="web-second-key-0002")
     assert response.status_code == 409 and "limit of 1 per customer" in text(response)
     assert len(orders(app)) == 1
@@ -276,7 +268,7 @@ def test_csrf_refuses_a_post_without_its_token_and_accepts_the_rendered_one(app,
 
 def test_hold_page_counts_down_from_the_server_expiry_with_confirm_and_release(app, client, make_product):
     make_product()
-    location = place(client)
+    location = buy_to_hold_page(client)
     page = text(client.get(location))
     [order] = orders(app)
     assert "Your units are held" in page and "Confirm and pay $499.99" in page and ">Release</button>" in page
@@ -295,7 +287,7 @@ def test_unknown_or_malformed_hold_tokens_are_404(client):
 
 def test_confirming_stops_the_clock_and_the_page_follows_the_payment_to_confirmed(app, client, make_product):
     make_product()
-    location = place(client)
+    location = buy_to_hold_page(client)
     assert "data-countdown-to" in client.get(location).get_data(as_text=True)
     response = client.post(location + "/confirm")
     assert response.status_code == 303 and response.headers["Location"] == location
@@ -318,10 +310,10 @@ def test_confirming_stops_the_clock_and_the_page_follows_the_payment_to_confirme
     assert again.status_code == 303 and "already confirmed" in text(client.get(location))
 
 
-def test_confirming_after_expiry_is_409_and_the_page_says_expired(app, client, make_product):
+def test_confirming_after_expiry_is_409_and_the_page_says_expired(client, shop, make_product):
     make_product(total_stock=1)
-    location = place(client)
-    lapse(app, location)
+    location = buy_to_hold_page(client)
+    shop.lapse(location.rsplit("/", 1)[1])
     assert client.get(location + "/status").json["status"] == EXPIRED  # read-time, before any job
     response = client.post(location + "/confirm")
     page = text(response)
@@ -331,7 +323,7 @@ def test_confirming_after_expiry_is_409_and_the_page_says_expired(app, client, m
 
 def test_releasing_gives_units_back_and_is_harmless_twice(app, client, make_product):
     make_product(total_stock=1)
-    location = place(client)
+    location = buy_to_hold_page(client)
     assert client.get("/products/ps5/stock").json["available"] == 0
     response = client.post(location + "/release")
     assert response.status_code == 303
@@ -345,7 +337,7 @@ def test_releasing_gives_units_back_and_is_harmless_twice(app, client, make_prod
 
 def test_confirming_a_released_hold_is_409(client, make_product):
     make_product()
-    location = place(client)
+    location = buy_to_hold_page(client)
     client.post(location + "/release")
     response = client.post(location + "/confirm")
     assert response.status_code == 409 and "was released" in text(response)
@@ -353,7 +345,7 @@ def test_confirming_a_released_hold_is_409(client, make_product):
 
 def test_releasing_a_hold_being_paid_for_is_409(app, client, make_product):
     make_product()
-    location = place(client)
+    location = buy_to_hold_page(client)
     client.post(location + "/confirm")
     response = client.post(location + "/release")
     assert response.status_code == 409 and "payment is in progress" in text(response)
@@ -362,7 +354,7 @@ def test_releasing_a_hold_being_paid_for_is_409(app, client, make_product):
 
 def test_releasing_a_confirmed_hold_is_409(app, client, make_product):
     make_product()
-    location = place(client)
+    location = buy_to_hold_page(client)
     client.post(location + "/confirm")
     with app.app_context():
         jobs.take_payment(location.rsplit("/", 1)[1])
@@ -370,17 +362,17 @@ def test_releasing_a_confirmed_hold_is_409(app, client, make_product):
     assert response.status_code == 409 and "already confirmed" in text(response)
 
 
-def test_releasing_an_expired_hold_is_409(app, client, make_product):
+def test_releasing_an_expired_hold_is_409(client, shop, make_product):
     make_product()
-    location = place(client)
-    lapse(app, location)
+    location = buy_to_hold_page(client)
+    shop.lapse(location.rsplit("/", 1)[1])
     response = client.post(location + "/release")
     assert response.status_code == 409 and "expired" in text(response)
 
 
 def test_a_refused_payment_reads_as_released_with_nothing_charged(app, client, make_product):
     make_product()
-    location = place(client, email="ann+refuse@example.com")
+    location = buy_to_hold_page(client, email="ann+refuse@example.com")
     client.post(location + "/confirm")
     with app.app_context():
         assert jobs.take_payment(location.rsplit("/", 1)[1]) == "refused"
@@ -409,7 +401,7 @@ def test_templates_have_no_inline_script_style_or_handlers():
 
 def test_rendered_pages_have_no_inline_script_or_style(app, client, make_product):
     make_product()
-    location = place(client)
+    location = buy_to_hold_page(client)
     for path in ("/", "/products/ps5", location, "/admin/", "/products/nope"):
         page = text(client.get(path, headers={"Accept": "text/html"}))
         for pattern, what in INLINE[:5]:
@@ -426,7 +418,7 @@ def test_scripts_are_files_under_static_js():
 
 # --- real server: CSRF on, rate limits on ------------------------------------------------------------------
 
-def test_the_buy_form_is_rate_limited_like_the_api_and_the_refusal_is_counted(app, make_product, postgres_only):
+def test_the_buy_form_is_rate_limited_like_the_api_and_the_refusal_is_counted(app, make_product):
     """On the web server with production settings (CSRF and limits on): the third buy from one address is 429."""
     make_product(total_stock=50, max_per_customer=1)
     with LiveServer(TestConfig.SQLALCHEMY_DATABASE_URI, TestConfig.REDIS_URL, workers=1, threads=4,

@@ -13,22 +13,11 @@ from sqlalchemy import func, select
 
 from config import TestConfig
 from flashsale.extensions import db
+from flashsale.metrics import percentile
 from flashsale.models import Order
-from flashsale.simulate import (
-    Attempt,
-    Buyer,
-    BuyerResult,
-    Crowd,
-    build_report,
-    confirmation_report,
-    kept_units,
-    percentile,
-    plan_buyers,
-    play,
-    render,
-    retry_after_seconds,
-    time_to_sell_out,
-)
+from flashsale.simulate.driver import Attempt, BuyerResult, play
+from flashsale.simulate.plans import Buyer, Crowd, plan_buyers, retry_after_seconds
+from flashsale.simulate.report import build_report, confirmation_report, kept_units, render, time_to_sell_out
 from tests.live_server import BIN, ROOT, LiveServer, server_env
 
 # Far enough ahead that no hold in these reports lapses while a test runs; built from the clock now.
@@ -135,6 +124,38 @@ def test_the_report_fails_when_the_api_shows_more_units_than_the_stock():
     assert "FAILED" in render(report)
 
 
+def test_units_released_and_won_again_read_as_such_not_as_an_oversell():
+    """Three holds won of a stock of two: one was released and its unit won again by a later buyer."""
+    crowd = Crowd(product="ps5", buyers=3)
+    results = [_result(1, 201), _result(2, 201), _result(3, 201)]
+    holds = {"h1": {"status": "CONFIRMED", "quantity": 1, "hold_expires_at": LATER},
+             "h2": {"status": "RELEASED", "quantity": 1, "hold_expires_at": LATER},
+             "h3": {"status": "CONFIRMED", "quantity": 1, "hold_expires_at": LATER}}
+    report = build_report(crowd, "http://x", results, {"total_stock": 2, "available": 2},
+                          {"total_stock": 2, "available": 0}, holds, datetime.now(timezone.utc), 0.5,
+                          {"status": "passed", "breaches": []})
+    assert (report["units_won"], report["units_kept"], report["units_returned"], report["units_sold_again"]) \
+        == (3, 2, 1, 1)
+    table = render(report)
+    assert "3 won by 3 holds of 2 available (stock 2): 2 kept (confirmed, paying or held), 1 came back " \
+           "(released, lapsed or payment refused), 1 of them won again by later buyers" in table
+    assert report["ok"] and "OK: nothing oversold" in table
+
+
+def test_a_server_that_is_down_is_one_line_naming_it_and_a_failure_exit(app, tmp_path):
+    """No traceback: one line with the address, and a non-zero exit."""
+    from tests.live_server import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    env = server_env(TestConfig.SQLALCHEMY_DATABASE_URI, TestConfig.REDIS_URL)
+    done = subprocess.run([str(BIN / "flask"), "--app", "app", "simulate", "--url", url, "--product", "ps5"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr and "ClientConnectorError" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error: no server answers at {url}"), done.stderr
+
+
 def test_retrying_buyers_come_back_after_retry_after_with_the_same_idempotency_key():
     from aiohttp import web
 
@@ -236,7 +257,6 @@ def db_statuses(app, product_id):
     return {status.lower(): count for status, count in rows}
 
 
-@pytest.mark.usefixtures("postgres_only")
 def test_three_hundred_buyers_on_twenty_units_report_what_the_database_holds(app, live, make_product):
     product_id = make_product(slug="drop", total_stock=20)
     result = app.test_cli_runner().invoke(args=[
@@ -276,7 +296,6 @@ def test_three_hundred_buyers_on_twenty_units_report_what_the_database_holds(app
     assert all(report["checks"][k] for k in report["checks"] if k != "audit") and report["ok"]
 
 
-@pytest.mark.usefixtures("postgres_only")
 def test_the_command_line_skips_the_audit_without_the_servers_database(live, make_product, tmp_path):
     make_product(slug="small", total_stock=5)
     env = server_env(f"sqlite:///{tmp_path / 'elsewhere.db'}", TestConfig.REDIS_URL)
@@ -287,13 +306,12 @@ def test_the_command_line_skips_the_audit_without_the_servers_database(live, mak
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert re.search(r"holds won +5 holds, 5 units, of 5 available \(stock 5\)", done.stdout)
+    assert re.search(r"units won +5 won by 5 holds of 5 available \(stock 5\): \d kept", done.stdout)
     assert re.search(r"answers +sold_out 25 · won 5", done.stdout)
     assert re.search(r"audit +skipped: no database access", done.stdout)
     assert "OK: nothing oversold" in done.stdout
 
 
-@pytest.mark.usefixtures("postgres_only")
 def test_reseed_starts_the_sale_over_though_the_last_simulation_was_paid_for(app, live):
     args = ["simulate", "--url", live.url, "--scenario", "low-stock", "--reseed", "--buyers", "20",
             "--retry-share", "1", "--seed", "3", "--json"]

@@ -1,16 +1,19 @@
 """The sold-out gate answers exactly as Flask would, in one Redis round trip, and hands everything else
-to Flask untouched (flashsale/soldout_gate.py)."""
+to Flask untouched (flashsale/gates/sold_out.py)."""
 
 import asyncio
+import re
 
 import pytest
-from redis import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from config import TestConfig
-from flashsale import create_app, keys, soldout_gate
-from flashsale.extensions import db, limiter, redis_store
+from flashsale import keys
+from flashsale.extensions import db, redis_store
+from flashsale.gates import sold_out as gate
 from flashsale.inventory import catalog
+from tests.faults import fire
+from tests.live_server import LiveServer
 
 # Counters that outlive a window's reset would make two runs differ; an hour and a day never roll
 # over within a test (fixed windows start at their first hit).
@@ -19,12 +22,9 @@ LIMITS = {"RATELIMIT_ENABLED": True, "RATELIMIT_HOLD_PER_ADDRESS": "5/hour;7/day
 
 
 @pytest.fixture
-def limited(app):
-    """An app with the rate limits on (and its own limiter state); the global limiter is restored."""
-    saved = dict(limiter.__dict__)
-    yield create_app(TestConfig, **LIMITS)
-    limiter.__dict__.clear()
-    limiter.__dict__.update(saved)
+def limited(app_with_limits):
+    """An app with the rate limits on (and its own limiter state)."""
+    return app_with_limits(**LIMITS)
 
 
 @pytest.fixture
@@ -58,24 +58,24 @@ def run_sequence(app, slug, gate):
         answers.append((response.status_code, response.get_data(), dict(response.headers)))
     with app.app_context():
         redis = redis_store.client
-        counters = {key.decode(): int(redis.get(key)) for key in redis.keys("LIMITS:*")}
-        ttls = {key.decode(): redis.ttl(key) for key in redis.keys("LIMITS:*")}
+        counters = {key.decode(): int(redis.get(key)) for key in redis.keys("fs:holdlimit:*")}
+        ttls = {key.decode(): redis.ttl(key) for key in redis.keys("fs:holdlimit:*")}
         totals = {k.decode(): int(v) for k, v in redis.hgetall("fs:metrics:totals").items()}
         latencies = redis.llen("fs:metrics:latency")
         # Start the other run from the same state: the winner's counters and metrics only.
-        for key in redis.keys("LIMITS:*") + redis.keys("fs:metrics:*"):
+        for key in redis.keys("fs:holdlimit:*") + redis.keys("fs:metrics:*"):
             redis.delete(key)
     return answers, counters, ttls, totals, latencies
 
 
 def comparable(headers):
-    """Headers without the values that move with the clock (checked separately)."""
-    return {k: v for k, v in headers.items() if k not in ("X-RateLimit-Reset", "Retry-After")}
+    """Headers without the values that move with the clock, and the request's own id (checked separately)."""
+    return {k: v for k, v in headers.items() if k not in ("X-RateLimit-Reset", "Retry-After", "X-Request-Id")}
 
 
 def test_the_gate_gives_every_answer_flask_gives_with_the_same_counters_and_metrics(limited, sold_out):
     with limited.app_context():
-        for key in redis_store.client.keys("LIMITS:*") + redis_store.client.keys("fs:metrics:*"):
+        for key in redis_store.client.keys("fs:holdlimit:*") + redis_store.client.keys("fs:metrics:*"):
             redis_store.client.delete(key)
     through_flask = run_sequence(limited, sold_out, gate=False)
     through_gate = run_sequence(limited, sold_out, gate=True)
@@ -86,16 +86,21 @@ def test_the_gate_gives_every_answer_flask_gives_with_the_same_counters_and_metr
                                                                            strict=True):
         assert (g_status, g_body) == (f_status, f_body)
         assert comparable(g_headers) == comparable(f_headers)
+        assert g_headers["X-Request-Id"] != f_headers["X-Request-Id"]  # each answer names its own request
         assert abs(int(g_headers["X-RateLimit-Reset"]) - int(f_headers["X-RateLimit-Reset"])) <= 2
-        assert abs(int(g_headers["Retry-After"]) - int(f_headers["Retry-After"])) <= 2
+        assert ("Retry-After" in g_headers) == ("Retry-After" in f_headers) == (f_status == 429)
+        if f_status == 429:
+            assert abs(int(g_headers["Retry-After"]) - int(f_headers["Retry-After"])) <= 2
     assert through_gate[1] == through_flask[1]  # the same limit counters under the same keys
     assert all(abs(through_gate[2][k] - t) <= 2 for k, t in through_flask[2].items())
     assert through_gate[3] == through_flask[3] and through_gate[3]["sold_out"] == statuses.count(409)
     assert through_gate[4] == through_flask[4] == statuses.count(409)  # one latency sample per refusal
+    ids = [headers["X-Request-Id"] for _, _, headers in flask_answers + gate_answers]
+    assert len(set(ids)) == len(ids) and all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
 
 
 def test_holds_placed_behind_the_gate_are_limited_as_flask_limits_them(limited, make_product):
-    """Buyers of a product with stock: the gate counts their limits, Flask places their holds."""
+    """Buyers of a product with stock: the gate counts their limits, the hold gate places their holds."""
     make_product(slug="one", total_stock=50, max_per_customer=3)
     make_product(slug="two", total_stock=50, max_per_customer=3)
     limited.test_client().get("/api/products/two")  # cached: the gate counts this product's buyers
@@ -109,7 +114,9 @@ def test_holds_placed_behind_the_gate_are_limited_as_flask_limits_them(limited, 
             assert g_body == f_body
         for name in ("X-RateLimit-Limit", "X-RateLimit-Remaining", "Cache-Control", "Content-Type"):
             assert g_headers.get(name) == f_headers.get(name), name
-        assert abs(int(g_headers["Retry-After"]) - int(f_headers["Retry-After"])) <= 2
+        assert ("Retry-After" in g_headers) == ("Retry-After" in f_headers) == (status == 429)
+        if status == 429:
+            assert abs(int(g_headers["Retry-After"]) - int(f_headers["Retry-After"])) <= 2
     assert through_gate[1] == through_flask[1]  # the same counters: each request counted once
     assert through_gate[3] == through_flask[3]  # the same outcomes in the metrics
 
@@ -119,8 +126,11 @@ def test_a_sold_out_answer_is_one_redis_round_trip_and_never_reaches_flask(limit
     body = {"email": "late@example.com"}
     assert client.post(f"/api/products/{sold_out}/holds", json=body).status_code == 409  # warm: script loaded
     sent = []
-    original = Connection.send_command
-    monkeypatch.setattr(Connection, "send_command", lambda self, *a, **k: sent.append(a[0]) or original(self, *a, **k))
+    with limited.app_context():  # TCP or a unix socket (the embedded Redis): the class the client uses
+        connection_class = redis_store.client.connection_pool.connection_class
+    original = connection_class.send_command
+    monkeypatch.setattr(connection_class, "send_command",
+                        lambda self, *a, **k: sent.append(a[0]) or original(self, *a, **k))
     monkeypatch.setattr(limited, "full_dispatch_request", lambda: pytest.fail("Flask dispatched the request"))
     response = client.post(f"/api/products/{sold_out}/holds", json={"email": "later@example.com"})
     assert response.status_code == 409 and response.json["error"]["code"] == "sold_out"
@@ -128,7 +138,7 @@ def test_a_sold_out_answer_is_one_redis_round_trip_and_never_reaches_flask(limit
     assert response.headers["Cache-Control"] == "no-store" and response.headers["X-RateLimit-Limit"] == "2"
 
 
-def test_a_product_with_stock_goes_to_flask_and_its_limits_are_counted_once(limited, make_product):
+def test_a_product_with_stock_is_passed_on_and_its_limits_are_counted_once(limited, make_product):
     make_product(slug="live", total_stock=5)
     client = limited.test_client()
     client.get("/api/products/live")  # the product is in this process's cache: the gate runs its script
@@ -136,7 +146,7 @@ def test_a_product_with_stock_goes_to_flask_and_its_limits_are_counted_once(limi
                            environ_base={"REMOTE_ADDR": "10.1.1.1"})
     assert response.status_code == 201
     with limited.app_context():
-        counters = {k.decode(): int(redis_store.client.get(k)) for k in redis_store.client.keys("LIMITS:*")}
+        counters = {k.decode(): int(redis_store.client.get(k)) for k in redis_store.client.keys("fs:holdlimit:*")}
     assert len(counters) == 4 and set(counters.values()) == {1}  # two limits x (email, address), once each
 
 
@@ -159,7 +169,7 @@ def test_a_redis_error_in_the_gate_hands_the_request_to_flask(limited, sold_out,
     def refuse(*args, **kwargs):
         raise RedisConnectionError("gone")
 
-    monkeypatch.setattr(soldout_gate._connection, "run", refuse)
+    monkeypatch.setattr(gate._connection, "run", refuse)
     response = limited.test_client().post(f"/api/products/{sold_out}/holds", json={"email": "z@example.com"})
     assert response.status_code == 409 and response.json["error"]["code"] == "sold_out"
     with limited.app_context():
@@ -176,10 +186,7 @@ def test_a_product_this_process_has_not_read_goes_to_flask(limited, sold_out, mo
     assert catalog.cached_sale_info(sold_out) is not None  # Flask read it: the next buyer is gated
 
 
-def test_a_burst_on_the_production_server_counts_every_refusal_once(app, make_product, postgres_only):
-    from tests.live_server import LiveServer
-    from tests.test_races import fire
-
+def test_a_burst_on_the_production_server_counts_every_refusal_once(app, make_product):
     make_product(slug="burst", total_stock=10)
     with LiveServer(TestConfig.SQLALCHEMY_DATABASE_URI, TestConfig.REDIS_URL, workers=2, threads=8,
                     RATELIMIT_ENABLED="true", RATELIMIT_HOLD_PER_ADDRESS="10000/second",

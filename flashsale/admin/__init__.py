@@ -1,8 +1,10 @@
-"""The admins' read-only dashboard and the metrics it polls."""
+"""The admins' read-only dashboard, the metrics it polls, and Prometheus's GET /metrics."""
 
+from . import prometheus
 from .routes import bp
 
 
 def init_app(app):
-    """Register the admin blueprint."""
+    """Register the admin blueprint and the Prometheus endpoint (guarded alike)."""
     app.register_blueprint(bp)
+    app.register_blueprint(prometheus.bp)

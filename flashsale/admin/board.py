@@ -1,18 +1,21 @@
-"""What the dashboard shows: Redis metrics, stock and hold outcomes per product, payments, the queue,
-recent holds."""
+"""What the dashboard shows: Redis metrics, stock and hold outcomes per product, payments, webhook
+deliveries, the queue, recent holds, the last audit."""
+
+from datetime import datetime
 
 from flask import current_app
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import func, or_, select
 
 from .. import metrics
-from ..api.serialise import iso
 from ..extensions import db, redis_store
-from ..inventory import catalog
+from ..inventory import catalog, deliveries
 from ..inventory import snapshot as stock_snapshot
-from ..inventory.audit import mask_email
+from ..inventory.audit import last as last_audit
 from ..inventory.clock import db_now, now_expression
+from ..inventory.stock import lapsed_hold
 from ..inventory.waiting_room import waiting_room_from_config
-from ..models import CONFIRMED, CONFIRMING, EXPIRED, PENDING, RELEASED, Order, Product
+from ..models import CONFIRMED, CONFIRMING, EXPIRED, RELEASED, Order, Product
+from ..serialise import iso, mask_email
 
 RECENT_HOLDS = 10
 
@@ -30,15 +33,26 @@ def snapshot():
     levels = {pid: snap.level for pid, snap in watched.items()}
     board["products"] = [product_row(p, levels[p.id], outcomes.get(p.id)) for p in products]
     board["payments"] = payment_stats(session)
+    board["webhooks"] = deliveries.backlog(session)
     board["waiting_rooms"] = waiting_room_rows(redis, [p for p in products if p.waiting_room])
     metrics.sample_gauges(redis, {p.id: levels[p.id].available for p in products},
                           board["hold_latency_ms"], board["lock_wait_ms"], board["payment_latency_ms"])
     board["gauges"] = metrics.gauge_series(redis)
     board["queue"] = queue_stats()
     board["recent_holds"] = recent_holds(session, {p.id: p.slug for p in products})
-    board["server_time"] = iso(db_now(session))
+    now = db_now(session)
+    board["server_time"] = iso(now)
+    board["audit"] = audit_summary(redis, now)
     session.rollback()
     return board
+
+
+def audit_summary(redis, now):
+    """The last `flask audit`'s result and how long ago it read the database (None: never run)."""
+    found = last_audit.read(redis)
+    if found is not None:
+        found["age_seconds"] = max(0, round((now - datetime.fromisoformat(found["at"])).total_seconds()))
+    return found
 
 
 def product_row(product, level, outcome):
@@ -79,7 +93,7 @@ def payment_stats(session):
 def hold_outcomes(session):
     """{product_id: (holds, confirmed holds, expired units, released units)}; lapsed holds count as expired."""
     now = now_expression(session)
-    expired = or_(Order.status == EXPIRED, and_(Order.status == PENDING, Order.hold_expires_at <= now))
+    expired = or_(Order.status == EXPIRED, lapsed_hold(now))
     rows = session.execute(
         select(Order.product_id, func.count(),
                func.count().filter(Order.status == CONFIRMED),

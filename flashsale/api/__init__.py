@@ -1,11 +1,14 @@
-"""The JSON API (design section 7)."""
+"""The JSON API (design section 7), and the endpoint Stripe posts its webhooks to (section 11)."""
 
+from . import stripe_webhooks
 from .routes import bp
 
 
 def init_app(app):
-    """Register the API blueprint; it is exempt from CSRF (no cookies authorise it)."""
+    """Register the API and Stripe's webhook endpoint, exempt from CSRF: no cookie authorises them (the
+    hold token in the URL does; Stripe's signature does)."""
     from ..extensions import csrf
 
-    csrf.exempt(bp)
-    app.register_blueprint(bp)
+    for blueprint in (bp, stripe_webhooks.bp):
+        csrf.exempt(blueprint)
+        app.register_blueprint(blueprint)

@@ -1,4 +1,9 @@
-"""The database clock: expiry and sale windows are decided by it, not by each process's clock."""
+"""The database clock: expiry, sale windows and line deadlines are decided by it, not by each host's clock.
+
+Several web hosts compare each other's deadlines (a buyer's line deadline is judged by whichever host
+serves the batch), so a host never uses its own clock for one: shared_time() is the database clock,
+estimated on this host from an offset measured every few seconds.
+"""
 
 import time
 from datetime import datetime, timezone
@@ -6,6 +11,51 @@ from datetime import datetime, timezone
 from sqlalchemy import func, literal, select, text
 
 from ..models import UTCDateTime
+
+# Test seam: seconds this host's clock is off by (FAULT_CLOCK_SKEW_SECONDS, honoured only when testing).
+skew_seconds = 0.0
+OFFSET_REFRESH_SECONDS = 5.0
+# (database clock minus this host's clock in seconds, time.monotonic() when measured, the estimate's
+# error bound in seconds: half the measuring SELECT's round trip)
+_offset = None
+
+
+def host_time():
+    """This host's clock in epoch seconds (skewed by the test seam): for nothing another host compares."""
+    return time.time() + skew_seconds
+
+
+def shared_time(session):
+    """The database clock now, in epoch seconds, without a round trip per call.
+
+    Every OFFSET_REFRESH_SECONDS one SELECT measures how far this host's clock is from the database's (the
+    estimate is off by at most half that SELECT's round trip). On SQLite, the one host's clock is the
+    database's. Leaves the session's transaction open, as any read does.
+    """
+    return shared_clock(session)[0]
+
+
+def shared_clock(session):
+    """(shared_time(), how far it may be off in seconds): 0 on SQLite, else half the last measurement's
+    round trip. A check made on the estimate refuses only beyond it, and leaves the rest to the database
+    clock. One call asks the session for its database once (a tenth of the hot path's clock reading)."""
+    global _offset
+    if not is_postgresql(session):
+        return host_time(), 0.0
+    measured = _offset
+    if measured is None or time.monotonic() - measured[1] > OFFSET_REFRESH_SECONDS:
+        before = host_time()
+        database = db_now(session).timestamp()
+        after = host_time()
+        measured = _offset = (database - (before + after) / 2, time.monotonic(), (after - before) / 2)
+    return host_time() + measured[0], measured[2] + 0.001  # the database reports its clock to the µs
+
+
+def estimated_shared_time():
+    """shared_time() with the offset last measured (none yet: this host's clock), for code without a
+    session (the sold-out gate's cheap window check, which hands any doubt to Flask)."""
+    measured = _offset
+    return host_time() + (measured[0] if measured else 0.0)
 
 
 def is_postgresql(session):
@@ -27,13 +77,25 @@ def now_expression(session):
     """
     if is_postgresql(session):
         return func.statement_timestamp()
-    return literal(sqlite_now(), UTCDateTime())
+    return literal(_sqlite_now_in_transaction(session), UTCDateTime())
 
 
 def db_now(session):
     """The database's current time as an aware UTC datetime."""
     if is_postgresql(session):
         return session.execute(select(func.statement_timestamp())).scalar_one()
+    return _sqlite_now_in_transaction(session)
+
+
+def _sqlite_now_in_transaction(session):
+    """SQLite's 'now', read once the session's transaction has begun.
+
+    Beginning is BEGIN IMMEDIATE (database.py): it waits for the writer lock, and what the transaction
+    reads is fixed from then on. A clock read before that could be older than commits the transaction
+    then sees: a hold that lapsed in between would still count, beside the units a newcomer took from
+    it (stock reads and the audit would see an oversell that never was).
+    """
+    session.connection()
     return sqlite_now()
 
 

@@ -6,10 +6,11 @@ scheduled job missed. Both use conditional updates, so running either twice has 
 
 from sqlalchemy import insert, select, update
 
-from ..models import EXPIRED, PENDING, Order
+from ..models import EXPIRED, Order
 from . import soldout
 from .clock import db_now, is_postgresql
-from .ledger import EVENTS, event_row, transition_hold
+from .ledger import EVENTS, event_row, lock_products, transition_hold
+from .stock import lapsed_hold
 
 
 def expire_hold(session, redis, hold_id):
@@ -36,7 +37,10 @@ def sweep_expired_holds(session, redis, batch_size=500):
 def _expire_batch(session, batch_size):
     """Expire up to batch_size lapsed holds in one transaction; returns (id, product_id, quantity)s."""
     now = db_now(session)
-    lapsed = select(Order.id).where(Order.status == PENDING, Order.hold_expires_at <= now)
+    # Their products' rows first (ledger.py: one lock order), then the holds, skipping any another
+    # transaction has locked.
+    products = lock_products(session, product_ids=select(Order.product_id).where(lapsed_hold(now)).distinct())
+    lapsed = select(Order.id).where(lapsed_hold(now), Order.product_id.in_(products))
     lapsed = lapsed.order_by(Order.hold_expires_at).limit(batch_size)
     if is_postgresql(session):
         # Two sweepers (or a sweeper and expire_hold) skip each other's rows instead of queueing.
@@ -47,7 +51,7 @@ def _expire_batch(session, batch_size):
         return []
     rows = session.execute(
         update(Order)
-        .where(Order.id.in_(ids), Order.status == PENDING, Order.hold_expires_at <= now)
+        .where(Order.id.in_(ids), lapsed_hold(now))
         .values(status=EXPIRED)
         .returning(Order.id, Order.product_id, Order.quantity)
         .execution_options(synchronize_session=False)

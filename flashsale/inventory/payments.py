@@ -31,7 +31,7 @@ from ..models import (
     Order,
     Payment,
 )
-from . import snapshot, soldout
+from . import movements, outbox, soldout
 from .clock import db_now, is_postgresql, now_expression
 from .ledger import transition_hold
 from .waiting_room import close_line_when_sold
@@ -41,15 +41,17 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PaymentPolicy:
-    """How long one attempt may take before it is retried, and when an unfinished payment is dropped."""
+    """One attempt's lease, when an unfinished payment is dropped, and a shopper's time to authorise a card."""
 
     timeout_seconds: float = 30
     final_seconds: float = 900
+    action_seconds: float = 300  # Stripe only: 3-D Secure and new cards (intents.py)
 
     @classmethod
     def from_config(cls, config):
         """Build the policy from a Flask config mapping."""
-        return cls(config["PAYMENT_TIMEOUT_SECONDS"], config["PAYMENT_FINAL_SECONDS"])
+        return cls(config["PAYMENT_TIMEOUT_SECONDS"], config["PAYMENT_FINAL_SECONDS"],
+                   config["PAYMENT_ACTION_SECONDS"])
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,7 @@ def take_payment(session, redis, hold_id, gateway, policy=PaymentPolicy()):
     """The payment job: claim the hold's payment, charge it once, settle the hold. Safe to repeat."""
     claim = _claim(session, hold_id, policy, due_only=False)
     if claim is None:
-        return Settled(_status(session, hold_id), "skipped")
+        return Settled(hold_status(session, hold_id), "skipped")
     try:
         charge = gateway.charge(claim.key, claim.amount_cents, claim.email, hold_id)
     except GatewayUnavailable as unknown:
@@ -90,7 +92,7 @@ def reconcile_payment(session, redis, hold_id, gateway, policy=PaymentPolicy()):
     """Settle one payment whose attempt's lease ran out, by asking the gateway about its key."""
     claim = _claim(session, hold_id, policy, due_only=True)
     if claim is None:
-        return Settled(_status(session, hold_id), "skipped")
+        return Settled(hold_status(session, hold_id), "skipped")
     try:
         charge = gateway.find(claim.key)
         if charge is None and claim.past_final:
@@ -116,13 +118,15 @@ def settle(session, redis, hold_id, charge, gateway):
         won = transition_hold(session, hold_id, CONFIRMED, from_status=CONFIRMING, commit=False,
                               metadata={"charge": charge.id, "amount_cents": charge.amount_cents})
         _record_payment(session, hold_id, (STARTED, VOIDED), CAPTURED, charge.id, now)
+        if won:
+            outbox.order_confirmed(session, hold_id)  # the shop hears of it exactly when it commits
         latency = _confirmation_latency(session, hold_id) if won else None
         session.commit()
         if won:
-            snapshot.move(redis, won[0], paying=-won[1], confirmed=won[1])
+            movements.move(redis, won[0], paying=-won[1], confirmed=won[1])
             close_line_when_sold(session, redis, won[0])
             return Settled(CONFIRMED, "confirmed", latency)
-        status = _status(session, hold_id)
+        status = hold_status(session, hold_id)
         if status == CONFIRMED:
             return Settled(CONFIRMED, "skipped")  # another attempt settled it first
         refund(session, hold_id, charge, gateway)
@@ -134,23 +138,25 @@ def settle(session, redis, hold_id, charge, gateway):
     session.commit()
     if won:
         soldout.stock_returned(redis, [won[0]])
-        snapshot.move(redis, won[0], paying=-won[1])
+        movements.move(redis, won[0], paying=-won[1])
         return Settled(RELEASED, "refused")
-    return Settled(_status(session, hold_id), "skipped")
+    return Settled(hold_status(session, hold_id), "skipped")
 
 
 def refund(session, hold_id, charge, gateway):
     """Give a capture back at the gateway, then record the payment REFUNDED (idempotent)."""
     gateway.refund(charge)
-    session.execute(update(Payment).where(Payment.order_id == hold_id, Payment.state != REFUNDED)
-                    .values(state=REFUNDED, charge_ref=charge.id, settled_at=now_expression(session))
-                    .execution_options(synchronize_session=False))
+    won = session.execute(update(Payment).where(Payment.order_id == hold_id, Payment.state != REFUNDED)
+                          .values(state=REFUNDED, charge_ref=charge.id, settled_at=now_expression(session))
+                          .execution_options(synchronize_session=False)).rowcount
+    if won:
+        outbox.order_refunded(session, hold_id)  # one event, by the call that recorded the refund
     session.commit()
 
 
 def due_payments(session, policy=PaymentPolicy(), limit=200):
     """Holds whose payment is unsettled and whose last attempt's lease has run out, oldest first."""
-    expired_lease = func.coalesce(Payment.attempted_at, Payment.created_at) <= _lease_start(session, policy)
+    expired_lease = func.coalesce(Payment.attempted_at, Payment.created_at) <= lease_start(session, policy)
     rows = session.execute(
         select(Payment.order_id).where(Payment.state == STARTED, expired_lease)
         .order_by(func.coalesce(Payment.attempted_at, Payment.created_at)).limit(limit)
@@ -173,9 +179,9 @@ def refunds_owed(session, limit=200):
 def _claim(session, hold_id, policy, due_only):
     """Start an attempt: bump attempts and stamp attempted_at on an unsettled payment, if no other
     attempt holds the lease (due_only: and only once the lease has run out). None when not ours."""
-    lease_free = or_(Payment.attempted_at.is_(None), Payment.attempted_at <= _lease_start(session, policy))
+    lease_free = or_(Payment.attempted_at.is_(None), Payment.attempted_at <= lease_start(session, policy))
     if due_only:
-        lease_free = func.coalesce(Payment.attempted_at, Payment.created_at) <= _lease_start(session, policy)
+        lease_free = func.coalesce(Payment.attempted_at, Payment.created_at) <= lease_start(session, policy)
     row = session.execute(
         update(Payment)
         .where(Payment.order_id == hold_id, Payment.state == STARTED, lease_free)
@@ -203,9 +209,9 @@ def _give_up(session, redis, hold_id):
     session.commit()
     if won:
         soldout.stock_returned(redis, [won[0]])
-        snapshot.move(redis, won[0], paying=-won[1])
+        movements.move(redis, won[0], paying=-won[1])
         return Settled(RELEASED, "voided")
-    return Settled(_status(session, hold_id), "skipped")
+    return Settled(hold_status(session, hold_id), "skipped")
 
 
 def _record_payment(session, hold_id, from_states, state, charge_ref, now):
@@ -223,14 +229,14 @@ def _confirmation_latency(session, hold_id):
     return (confirmed_at - requested_at).total_seconds()
 
 
-def _lease_start(session, policy):
+def lease_start(session, policy):
     """Attempts stamped at or before this instant have run out of time (database clock)."""
     if is_postgresql(session):
         return func.statement_timestamp() - timedelta(seconds=policy.timeout_seconds)
     return db_now(session) - timedelta(seconds=policy.timeout_seconds)
 
 
-def _status(session, hold_id):
+def hold_status(session, hold_id):
     status = session.execute(select(Order.status).where(Order.id == hold_id)).scalar_one_or_none()
     session.rollback()
     return status

@@ -117,7 +117,14 @@ class BatchTransaction:
         self.open = False
 
     def __enter__(self):
-        self.pooled = self.engine.raw_connection()  # checkout (and pre-ping) from the app's pool
+        dbapi_error = self.engine.dialect.loaded_dbapi.Error
+        try:
+            self.pooled = self.engine.raw_connection()  # checkout (and pre-ping) from the app's pool
+        except dbapi_error as refused:
+            # A new connection refused (PostgreSQL down, or out of connection slots) reaches us raw
+            # from the pool: as SQLAlchemy's, it is an outage (503), not a bug (500).
+            raise DBAPIError.instance(None, None, refused, dbapi_error, connection_invalidated=True,
+                                      dialect=self.engine.dialect) from refused
         self.dbapi = self.pooled.dbapi_connection
         self.dbapi.autocommit = True
         self.cursor = self.dbapi.cursor()

@@ -10,27 +10,27 @@ import logging
 
 from redis.exceptions import RedisError
 
-from .. import keys
+from .. import keys, lua
 
 # Longest a mark lives even when nothing is held (all confirmed): bounds any staleness after a crash.
 MAX_MARK_MS = 10_000
 
 # KEYS[1] = sold-out mark, KEYS[2] = stock generation; ARGV[1] = generation read before the database
 # transaction, ARGV[2] = mark TTL (ms). Returns 1 if the mark was written, 0 if stock came back meanwhile.
-MARK_SCRIPT = """
+MARK_SCRIPT = lua.Script("""
 local current = redis.call('GET', KEYS[2]) or '0'
 if current == ARGV[1] then
   redis.call('SET', KEYS[1], '1', 'PX', ARGV[2])
   return 1
 end
 return 0
-"""
+""")
 
 # KEYS[1] = sold-out mark, KEYS[2] = stock generation. Returns the new generation.
-CLEAR_SCRIPT = """
+CLEAR_SCRIPT = lua.Script("""
 redis.call('DEL', KEYS[1])
 return redis.call('INCR', KEYS[2])
-"""
+""")
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def mark(redis, product_id, generation, ttl_ms):
     """Mark the product sold out for ttl_ms unless stock came back after `generation` was read."""
     ttl_ms = int(max(1, min(ttl_ms, MAX_MARK_MS)))
     keys_ = [keys.sold_out(product_id), keys.stock_generation(product_id)]
-    return bool(redis.eval(MARK_SCRIPT, 2, *keys_, generation, ttl_ms))
+    return bool(MARK_SCRIPT(redis, keys_, [generation, ttl_ms]))
 
 
 def mark_until(redis, product_id, generation, earliest_hold_expiry, now):
@@ -69,7 +69,7 @@ def stock_returned(redis, product_ids):
     try:
         pipe = redis.pipeline(transaction=False)
         for product_id in set(product_ids):
-            pipe.eval(CLEAR_SCRIPT, 2, keys.sold_out(product_id), keys.stock_generation(product_id))
-        pipe.execute()
+            CLEAR_SCRIPT.queue(pipe, [keys.sold_out(product_id), keys.stock_generation(product_id)])
+        lua.execute(pipe)
     except RedisError:
         log.warning("could not clear sold-out marks for %s; they expire by themselves", product_ids)

@@ -19,7 +19,6 @@ import json
 import math
 import re
 import secrets
-import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -27,8 +26,8 @@ from itsdangerous import BadSignature, URLSafeSerializer
 from redis.exceptions import RedisError
 from sqlalchemy import select
 
-from .. import keys
-from ..errors import NotAdmitted, NotFound
+from .. import keys, lua
+from ..errors import NotAdmitted, NotFound, Unavailable
 from ..models import Product
 
 TICKET_RE = re.compile(r"^t(\d{1,10})-[A-Za-z0-9_-]{24}$")
@@ -43,7 +42,7 @@ WAITS_KEPT = 2000  # recent waits kept for the dashboard's percentiles
 # Returns {ticket facts JSON or false, "admitted_at expires_at" or false, 0-based rank or false,
 # closed reason or false, line length, admitted so far, now, 1 if this call made the ticket, the
 # ticket id (for a join by an email already in line: its first ticket)}.
-LINE_SCRIPT = """
+LINE_SCRIPT = lua.Script("""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local starts, ends = tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -55,7 +54,8 @@ if ARGV[1] == 'join' then
   if existing then
     ticket = existing
   else
-    redis.call('HSET', KEYS[2], ticket, cjson.encode({email = ARGV[3], joined_at = now}))
+    -- As text to the microsecond: cjson writes numbers with 14 digits (a tenth of a millisecond here).
+    redis.call('HSET', KEYS[2], ticket, cjson.encode({email = ARGV[3], joined_at = string.format('%.6f', now)}))
     redis.call('HSET', KEYS[3], ARGV[3], ticket)
     created = 1
     if not closed and now < ends then
@@ -87,7 +87,7 @@ if not closed and now >= starts and now < ends then
       redis.call('HSET', KEYS[5], id, string.format('%.6f %.6f', now, now + ttl))
       redis.call('ZADD', KEYS[6], now + ttl, id)
       local facts = cjson.decode(redis.call('HGET', KEYS[2], id))
-      redis.call('LPUSH', KEYS[7], string.format('%.3f', now - math.max(facts.joined_at, starts)))
+      redis.call('LPUSH', KEYS[7], string.format('%.3f', now - math.max(tonumber(facts.joined_at), starts)))
     end
     tokens = tokens - #popped / 2
     if #popped > 0 then
@@ -103,7 +103,20 @@ if not admitted then rank = redis.call('ZRANK', KEYS[1], ticket) or false end
 return {redis.call('HGET', KEYS[2], ticket) or false, admitted or false, rank, closed or false,
         redis.call('ZCARD', KEYS[1]), redis.call('HGET', KEYS[4], 'admitted') or '0',
         string.format('%.6f', now), created, ticket}
-"""
+""")
+
+
+# KEYS[1] = the product's unused admissions (score: when each expires, by Redis's clock), ARGV[1] = ticket,
+# ARGV[2] = the expiry the admission was signed with. Uses the admission up (ZREM) unless it expired by
+# Redis's clock; returns 1 used now, 0 unknown or used before, -1 expired.
+USE_ADMISSION_SCRIPT = lua.Script("""
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+if tonumber(ARGV[2]) <= now then
+  return -1
+end
+return redis.call('ZREM', KEYS[1], ARGV[1])
+""")
 
 
 @dataclass(frozen=True)
@@ -149,12 +162,14 @@ def email_digest(email):
 class WaitingRoom:
     """The waiting rooms of every product, on one Redis; `secret` signs admissions (SECRET_KEY)."""
 
-    def __init__(self, redis, secret, admission_seconds=90, default_rate=50):
+    def __init__(self, redis, secret, admission_seconds=90, default_rate=50, replicas=0):
         self.redis = redis
+        # A join or an admission is answered only once this many replicas hold it (Redis WAIT), so a
+        # failover keeps every place in line and every admission a shopper was shown.
+        self.replicas = replicas
         self.signer = URLSafeSerializer(secret, salt="flashsale-admission")
         self.admission_seconds = admission_seconds
         self.default_rate = default_rate
-        self._script = redis.register_script(LINE_SCRIPT)
 
     def rate(self, sale):
         """Admissions per second for this sale: the shop's, or the configured default."""
@@ -176,13 +191,18 @@ class WaitingRoom:
 
     def _call(self, sale, mode, ticket_id, email, available):
         rate = self.rate(sale)
-        facts, admitted, rank, closed, length, admitted_total, now, created, ticket_id = self._script(
-            keys=[keys.waiting_line(sale.id), keys.waiting_tickets(sale.id), keys.waiting_emails(sale.id),
-                  keys.waiting_state(sale.id), keys.waiting_admitted(sale.id), keys.waiting_unused(sale.id),
-                  keys.waiting_times(sale.id), keys.sold_out(sale.id)],
-            args=[mode, ticket_id, email, sale.sale_starts_at.timestamp(), sale.sale_ends_at.timestamp(),
-                  rate, max(1, 2 * rate), self.admission_seconds,
-                  secrets.randbits(52) / 2**52, WAITS_KEPT, -1 if available is None else available])
+        reply, acked = lua.replicated(
+            LINE_SCRIPT, self.redis,
+            [keys.waiting_line(sale.id), keys.waiting_tickets(sale.id), keys.waiting_emails(sale.id),
+             keys.waiting_state(sale.id), keys.waiting_admitted(sale.id), keys.waiting_unused(sale.id),
+             keys.waiting_times(sale.id), keys.sold_out(sale.id)],
+            [mode, ticket_id, email, sale.sale_starts_at.timestamp(), sale.sale_ends_at.timestamp(),
+             rate, max(1, 2 * rate), self.admission_seconds,
+             secrets.randbits(52) / 2**52, WAITS_KEPT, -1 if available is None else available],
+            self.replicas)
+        if self.replicas and acked < self.replicas:
+            raise Unavailable("The line could not be saved safely just now; try again.")
+        facts, admitted, rank, closed, length, admitted_total, now, created, ticket_id = reply
         if not facts:
             raise NotFound("No such ticket.")
         facts, now, ticket_id = json.loads(facts), float(now), ticket_id.decode()
@@ -203,7 +223,7 @@ class WaitingRoom:
             wait = math.ceil(position / rate + max(0.0, sale.sale_starts_at.timestamp() - now))
         return Ticket(ticket_id, sale.id, facts["email"], state, position, wait, admission, expires,
                       int(length), int(admitted_total), rate, bool(created),
-                      datetime.fromtimestamp(facts["joined_at"], timezone.utc), admitted_at)
+                      datetime.fromtimestamp(float(facts["joined_at"]), timezone.utc), admitted_at)
 
     def use_admission(self, sale, email, admission):
         """Check a hold's admission and use it up; returns the ticket id (give_back() undoes it).
@@ -218,12 +238,13 @@ class WaitingRoom:
             raise NotAdmitted("This admission is not valid.") from None
         if product_id != sale.id or digest != email_digest(email):
             raise NotAdmitted("This admission is for another product or shopper.")
-        if expires <= time.time():
+        # Used up once, and judged by Redis's clock, which stamped it: not this host's.
+        used = USE_ADMISSION_SCRIPT(self.redis, [keys.waiting_unused(sale.id)], [ticket_id, expires])
+        if used == 1:
+            return ticket_id
+        if used == -1:
             raise NotAdmitted("This admission has expired: your turn passed.", expired=True)
-        # ZREM succeeds once: the admission is used up by the first hold request that presents it.
-        if not self.redis.zrem(keys.waiting_unused(sale.id), ticket_id):
-            raise NotAdmitted("This admission was already used.")
-        return ticket_id
+        raise NotAdmitted("This admission was already used.")
 
     def give_back(self, sale, admission):
         """Undo use_admission after a hold request that changed nothing (503): the shopper may retry."""
@@ -257,8 +278,10 @@ class WaitingRoom:
 
 def waiting_room_from_config(redis, config):
     """The waiting room with the app's SECRET_KEY and settings."""
+    from ..extensions import replicas_to_wait
+
     return WaitingRoom(redis, config["SECRET_KEY"], config["WAITING_ROOM_ADMISSION_SECONDS"],
-                       config["WAITING_ROOM_RATE"])
+                       config["WAITING_ROOM_RATE"], replicas_to_wait(config))
 
 
 def close_line_when_sold(session, redis, product_id):

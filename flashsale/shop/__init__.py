@@ -11,9 +11,10 @@ def init_app(app):
     app.add_template_filter(iso_ms)
 
 
-def money(cents):
-    """Integer cents as a price: 49999 -> "$499.99"."""
-    return f"${cents // 100:,}.{cents % 100:02d}"
+def money(cents, currency="usd"):
+    """Integer cents as a price: 49999 -> "$499.99" (in another currency: "499.99 EUR")."""
+    amount = f"{cents // 100:,}.{cents % 100:02d}"
+    return f"${amount}" if (currency or "usd") == "usd" else f"{amount} {currency.upper()}"
 
 
 def utc(moment):

@@ -6,7 +6,8 @@ from ..models import RELEASED, InventoryEvent
 
 
 def release_reason(session, order):
-    """Why a hold was released: "customer", "payment_refused" or "payment_unfinished" (its event)."""
+    """Why a hold was released: "customer", "payment_refused", "payment_unfinished" or
+    "payment_not_completed" (a card payment not authorised by its deadline), from its event."""
     metadata = session.execute(
         select(InventoryEvent.event_metadata).where(
             InventoryEvent.order_id == order.id, InventoryEvent.type == RELEASED)

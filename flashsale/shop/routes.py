@@ -10,8 +10,7 @@ from datetime import datetime, timezone
 from flask import Blueprint, abort, current_app, flash, jsonify, redirect, render_template, url_for
 from sqlalchemy import select
 
-from .. import checkout, polling
-from ..api.serialise import iso
+from .. import checkout
 from ..errors import (
     FlashsaleError,
     HoldConfirmed,
@@ -21,11 +20,14 @@ from ..errors import (
     PaymentInProgress,
 )
 from ..extensions import db
+from ..gateways.stripe_settings import hold_page_csp, is_stripe
 from ..inventory import catalog, holds
 from ..inventory.clock import db_now
 from ..inventory.stock import sale_state, stock_levels
 from ..models import CONFIRMING, Product
-from ..ratelimits import hold_limits
+from ..serialise import iso, payment_json
+from ..web import polling
+from ..web.ratelimits import per_customer
 from . import presenting
 from .forms import HoldActionForm, HoldForm, JoinForm
 
@@ -41,7 +43,7 @@ def index():
     now = db_now(session)
     groups = {"live": [], "upcoming": [], "ended": []}
     for product in products:
-        state = sale_state(product, levels[product.id].available, now)
+        state = sale_state(product.sale_starts_at, product.sale_ends_at, levels[product.id].available, now)
         groups["live" if state == "sold_out" else state].append((product, levels[product.id], state))
     return render_template("shop/index.html", groups=groups, now=now)
 
@@ -61,7 +63,7 @@ def product_stock(ref):
 
 
 @bp.post("/products/<ref>/hold")
-@hold_limits
+@per_customer
 def buy(ref):
     """Place a hold from the buy form; one hold per rendering of the form however often it is sent."""
     found = catalog.find_product(db.session, ref)
@@ -89,7 +91,7 @@ def buy(ref):
 
 
 @bp.post("/products/<ref>/queue")
-@hold_limits
+@per_customer
 def join(ref):
     """Join a waiting-room product's line from its page, then go to the waiting page."""
     found = catalog.find_product(db.session, ref)
@@ -132,11 +134,12 @@ def hold(token):
 def hold_status(token):
     """JSON for the hold page's poll: status as of the database clock, and whether payment is running."""
     session = db.session
-    order = holds.get_hold(session, token)
+    order, payment = checkout.hold_with_payment(token, holds.get_hold(session, token))
     now = db_now(session)
     status = holds.effective_status(order, now)
     return jsonify(status=status, confirming=status == CONFIRMING,
-                   hold_expires_at=iso(order.hold_expires_at), server_time=iso(now))
+                   hold_expires_at=iso(order.hold_expires_at), server_time=iso(now),
+                   payment=payment_json(payment, now) if payment is not None else None)
 
 
 @bp.post("/holds/<token>/confirm")
@@ -148,7 +151,9 @@ def confirm(token):
         accepted = checkout.confirm_hold(token)
     except (HoldExpired, HoldReleased) as refusal:
         return refused_on_hold_page(token, refusal)
-    if accepted.accepted_now:
+    if accepted.accepted_now and is_stripe(current_app.config):
+        flash("Confirmed: your units are kept for you. Pay by card below to complete the purchase.", "info")
+    elif accepted.accepted_now:
         flash("Confirmed: your units are kept for you while we take the payment. "
               "This page updates by itself.", "info")
     elif accepted.hold.status == CONFIRMING:
@@ -198,7 +203,7 @@ def render_product(product, form, status=200, join_form=None):
     session = db.session
     level = stock_levels(session, [product.id])[product.id]
     now = db_now(session)
-    state = sale_state(product, level.available, now)
+    state = sale_state(product.sale_starts_at, product.sale_ends_at, level.available, now)
     page = render_template("shop/product.html", product=product, level=level, state=state, form=form,
                            now=now, max_quantity=form.max_quantity,
                            join_form=join_form or (JoinForm() if product.waiting_room else None))
@@ -206,17 +211,28 @@ def render_product(product, form, status=200, join_form=None):
 
 
 def render_hold(order, status=200):
-    """The hold page for an order, with its effective status by the database clock."""
+    """The hold page for an order, with its effective status by the database clock. With Stripe it
+    carries the card form, and only this page's CSP lets Stripe.js and its frames in."""
     session = db.session
     now = db_now(session)
     effective = holds.effective_status(order, now)
     product = session.get(Product, order.product_id)
+    config = current_app.config
+    card = None
+    if is_stripe(config):
+        _, payment = checkout.hold_with_payment(order.id, order)
+        card = {"publishable_key": config["STRIPE_PUBLISHABLE_KEY"], "js_url": config["STRIPE_JS_URL"],
+                "payment": payment_json(payment, now) if payment is not None else None,
+                "deadline": payment.action_deadline if payment is not None else None}
     page = render_template(
         "shop/hold.html", order=order, product=product, status=effective, now=now,
-        confirming=effective == CONFIRMING,
+        confirming=effective == CONFIRMING, card=card,
         release_reason=presenting.release_reason(session, order) if effective == "RELEASED" else None,
         form=HoldActionForm())
-    return page, status
+    response = current_app.make_response((page, status))
+    if card is not None:
+        response.headers["Content-Security-Policy"] = hold_page_csp(config)
+    return response
 
 
 def with_retry_after(page, refusal):

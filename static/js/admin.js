@@ -160,12 +160,25 @@
     charts.latency.update("none");
   }
 
+  /** The last audit's tile and line (board.audit is null until `flask audit` has run once). */
+  function showAudit(audit) {
+    var result = root.querySelector("[data-audit-result]");
+    result.textContent = !audit ? "not run yet" : audit.passed ? "passed" : "FAILED";
+    root.querySelector("[data-audit-tile]").classList.toggle("alarm", !!audit && !audit.passed);
+    if (!audit) return;
+    var kinds = Object.keys(audit.by_invariant).filter(function (k) { return audit.by_invariant[k]; })
+      .map(function (k) { return k + " " + audit.by_invariant[k]; });
+    root.querySelector("[data-audit-detail]").textContent = audit.scope + " at " + audit.at.substring(11, 19) +
+      " UTC" + (kinds.length ? "; breaches: " + kinds.join(", ") : "");
+  }
+
   function show(board) {
     root.querySelectorAll("[data-metric]").forEach(function (el) {
       var value = pick(board, el.getAttribute("data-metric"));
       el.textContent = value == null ? "–" : String(value);
     });
     root.querySelector("[data-updated]").textContent = clock(Date.parse(board.server_time) / 1000) + " UTC";
+    showAudit(board.audit);
     fillTables(board);
     drawCharts(board);
     root.setAttribute("data-polls", String(Number(root.getAttribute("data-polls")) + 1));

@@ -23,7 +23,10 @@
     if (hold.status !== status) {
       disableActions();
       window.location.reload();
+      return;
     }
+    // The card form (card.js) follows the payment between page loads.
+    if (hold.payment) page.dispatchEvent(new CustomEvent("fs:payment", { detail: hold.payment }));
   }
 
   var poller = FS.poll(function () {
@@ -33,6 +36,10 @@
   });
 
   page.addEventListener("fs:countdown-done", function () {
+    if (confirming) {
+      poller.now(); // the card's deadline passed: the server releases the hold shortly
+      return;
+    }
     // The clock has decided: nothing can be confirmed any more. Ask the server to say so.
     disableActions();
     if (result) result.textContent = "Time is up: this hold has expired.";

@@ -8,7 +8,6 @@ from playwright.sync_api import expect
 from config import TestConfig
 from tests.live_server import LiveServer
 
-pytestmark = pytest.mark.usefixtures("postgres_only")
 LIVE, SOLD_OUT = 1.0, 4.0  # seconds between polls the server asks for, in this module's server
 
 

@@ -2,7 +2,6 @@
 
 import re
 
-import pytest
 from playwright.sync_api import expect
 from sqlalchemy import select
 
@@ -10,8 +9,6 @@ from config import TestConfig
 from flashsale.extensions import db
 from flashsale.models import CONFIRMED, RELEASED, Order
 from tests.live_server import LiveServer
-
-pytestmark = pytest.mark.usefixtures("postgres_only")
 
 
 def statuses(app):

@@ -1,0 +1,345 @@
+"""The batch queue at a product's lock: whoever holds the lock serves a batch of waiting buyers at once.
+
+Each buyer joins the product's batch queue (a Redis list) with the same round trip as its first attempt
+at the lock (locks.ProductLock). The buyer that takes the lock takes up to BATCH requests from the
+front of the queue, decides each one in arrival order exactly as it would be decided alone
+(Idempotency-Key, sale window, per-customer limit counting earlier buyers of the batch, stock), inserts
+every accepted hold and its event in one statement (placement.py), commits once, releases the lock and
+answers each buyer on its own reply list. Under a herd the serial section's fixed costs (lock hand-over,
+thread wake-ups, round trips, the commit's flush) are paid once per batch instead of once per buyer;
+alone, a buyer serves a batch of one.
+
+A buyer whose answer never comes (Redis or the holder died) asks the database (`_committed`), so a 503
+always means nothing changed (docs/threat-model.md).
+"""
+
+import json
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from redis.exceptions import RedisError
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from .. import errors, keys, lua
+from ..errors import LockBusy, SoldOut, Unavailable
+from ..models import Order, Product, new_hold_id
+from . import faults, movements, placement, soldout
+from .clock import wait_until_past
+from .locks import LockRefused, ProductLock
+
+BATCH = 50  # requests served per lock acquisition (one statement inserts them all)
+REPLY_TTL_MS = 60_000  # an answer nobody picks up (its buyer gave up) disappears
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Request:
+    """One buyer's request as it waits in the line; deadline is when its buyer stops waiting (epoch s).
+
+    The buyer chooses its hold's id, so that if Redis dies before the answer arrives it can still find
+    out from the database whether its hold was committed.
+    """
+
+    ticket: str
+    email: str
+    quantity: int
+    key: str | None
+    digest: str | None
+    deadline: float
+    hold_id: str
+
+    def encode(self):
+        return json.dumps([self.ticket, self.email, self.quantity, self.key, self.digest,
+                           self.deadline, self.hold_id])
+
+    @classmethod
+    def decode(cls, raw):
+        return cls(*json.loads(raw))
+
+
+@dataclass(frozen=True)
+class Created:
+    """The answer for a buyer whose hold was inserted and committed."""
+
+    hold_id: str
+    hold_expires_at: datetime
+    created_at: datetime
+    quantity: int = 0  # known to the holder that decided it (the stock snapshot counts it)
+
+
+@dataclass(frozen=True)
+class Replayed:
+    """The answer for a buyer whose Idempotency-Key already made this hold."""
+
+    hold_id: str
+
+
+def sale_window_refusal(starts, ends, now):
+    """SaleNotOpen if `now` is outside the sale's window, else None."""
+    if now < starts:
+        return errors.SaleNotOpen("This sale has not started yet.", starts_at=starts.isoformat())
+    if now >= ends:
+        return errors.SaleNotOpen("This sale has ended.", ended_at=ends.isoformat())
+    return None
+
+
+def place(session, redis, product_id, email, quantity, policy, key, digest, on_committed, now):
+    """Join the product's batch queue; serve batches of it whenever we hold the lock. Returns
+    (Created or Replayed, ms waited for the lock), or raises the refusal.
+
+    `now` is the database clock (clock.shared_time): the request's deadline is judged by whichever
+    host serves its batch, against the database clock, so it must not come from this host's clock.
+    """
+    ticket = secrets.token_hex(8)
+    request = Request(ticket, email, quantity, key, digest, now + policy.lock_wait_ms / 1000, new_hold_id())
+    lock = ProductLock(redis, product_id, policy.lock_ttl_ms, policy.lock_wait_ms,
+                       refuse_if=keys.sold_out(product_id),
+                       read_with=keys.stock_generation(product_id),
+                       queue_entry=request.encode(), reply_key=keys.batch_reply(product_id, ticket),
+                       batch=BATCH)
+    try:
+        answer = _wait_for_answer(session, redis, product_id, lock, ticket, policy, on_committed)
+    except (RedisError, LockBusy) as failure:
+        # Redis went away while we were queued, or a holder took our request and never answered: it
+        # may have committed our hold all the same. A 503 must mean "nothing changed", so only the
+        # database can settle it.
+        unsettled = isinstance(failure, RedisError) and lock.joined
+        if not (unsettled or lock.unanswered):
+            raise
+        if (answer := _committed(session, product_id, request.hold_id, request.deadline)) is None:
+            raise
+    if isinstance(answer, Created | Replayed):
+        return answer, lock.waited_ms
+    raise answer
+
+
+def _wait_for_answer(session, redis, product_id, lock, ticket, policy, on_committed):
+    """Our answer: from a holder's reply, or from serving a batch ourselves when we get the lock."""
+    while True:
+        try:
+            lock.acquire()
+        except LockRefused:
+            # Marked sold out while we waited: the attempt that saw the mark took us out of the queue.
+            raise SoldOut(fast=True) from None
+        if lock.reply is not None:
+            return decode_answer(lock.reply)
+        answer = _serve_batch(session, redis, product_id, lock, ticket, policy, on_committed)
+        if answer is not None:
+            return answer
+        if lock.past_deadline():
+            # Our request was in nobody's batch and the wait is over: out of the queue, or (if a
+            # holder has it) its answer.
+            if not lock.served_after_deadline():
+                raise LockBusy(waited_ms=lock.waited_ms)
+            return decode_answer(lock.reply)
+
+
+def _committed(session, product_id, hold_id, deadline):
+    """Created if a holder committed our hold, else None, and then no holder ever will.
+
+    Holders refuse a request whose deadline is past by the database clock read under the row lock
+    (_decide). So: wait until the database clock is past our deadline, take the row lock (which
+    waits out any holder that read the clock in time), and look. On SQLite the transaction's BEGIN
+    IMMEDIATE takes the writer lock, which waits out the holder just the same (FOR UPDATE renders as
+    nothing there).
+    """
+    session.rollback()
+    wait_until_past(session, deadline + 0.001)
+    session.execute(select(Product.id).where(Product.id == product_id).with_for_update())
+    found = session.execute(select(Order.hold_expires_at, Order.created_at, Order.quantity)
+                            .where(Order.id == hold_id)).first()
+    session.rollback()
+    return Created(hold_id, *found) if found else None
+
+
+def _serve_batch(session, redis, product_id, lock, ticket, policy, on_committed):
+    """Holding the lock: serve a batch from the front of the queue, release, answer the others.
+
+    Returns our own answer, or None when our request was not in this batch (we wait again).
+    """
+    requests, answers = [], {}
+    try:
+        requests = [Request.decode(raw) for raw in lock.taken]
+        if requests:
+            pause = faults.pause_under_row_lock(product_id, requests[0].email, policy)
+            generation = (lock.read_value or b"0").decode()
+            answers = serve(session, redis, product_id, requests, policy.hold_seconds, generation, pause)
+    except BaseException:
+        _release(lock)
+        answer(redis, product_id,
+                    {r.ticket: Unavailable() for r in requests if r.ticket != ticket})
+        if all(r.ticket != ticket for r in requests):
+            _leave_queue(lock)
+        raise
+    _finish(redis, product_id, lock, answers, ticket, on_committed)
+    return answers.get(ticket)
+
+
+def _finish(redis, product_id, lock, answers, own, on_committed):
+    """After the commit, one round trip: release the lock (waking the next holder), answer the batch's
+    other buyers, move its holds into the stock snapshot, and whatever on_committed queues (the expiry
+    slot). Best effort: the lock lapses after its TTL, buyers without an answer ask the database, the
+    snapshot is rebuilt and the sweeper expires what no slot holds."""
+    created = [a for a in answers.values() if isinstance(a, Created)]
+    then = []
+
+    def queue_more(pipe):
+        _queue_answers(pipe, product_id, answers, own, created)
+        if created and on_committed:
+            then.append(on_committed(pipe, [a.hold_id for a in created], created[0].hold_expires_at))
+
+    try:
+        lock.release(queue_more)
+    except RedisError:
+        log.warning("could not release %s nor answer %d buyers; the lock lapses after %d ms",
+                    lock.key, len(answers) - (own in answers), lock.ttl_ms)
+        return
+    for after in filter(None, then):
+        after(lock.replies)
+
+
+def _release(lock):
+    try:
+        lock.release()
+    except RedisError:
+        # The batch is committed; the TTL frees the lock if Redis just went away.
+        log.warning("could not release %s; it will lapse after %d ms", lock.key, lock.ttl_ms)
+
+
+def _leave_queue(lock):
+    try:
+        lock.leave_queue()
+    except RedisError:
+        log.warning("could not leave the batch queue of %s", lock.key)
+
+
+def serve(session, redis, product_id, requests, hold_seconds, generation, pause=None):
+    """Decide and commit a batch of requests under the product's lock; {ticket: answer}."""
+    try:
+        with placement.batch_transaction(session.get_bind()) as transaction:
+            sale = transaction.lock_and_read(product_id, {r.email for r in requests},
+                                             {r.key for r in requests if r.key}, pause)
+            if sale is None:
+                return {r.ticket: errors.NotFound("No such product.") for r in requests}
+            expires = sale.now + timedelta(seconds=hold_seconds)
+            answers, accepted, available, refused_for_stock = _decide(sale, requests, expires)
+            transaction.insert_and_commit(product_id, accepted, sale.now, expires)
+    except IntegrityError as collision:
+        # A concurrent request with one of these Idempotency-Keys, for another product, committed
+        # first: serve the batch one by one so only the request that collided is affected.
+        if len(requests) > 1:
+            return {t: a for r in requests
+                    for t, a in serve(session, redis, product_id, [r], hold_seconds, generation).items()}
+        return {requests[0].ticket: _replay_after_collision(session, requests[0], collision)}
+    if refused_for_stock or (accepted and available <= 0):
+        earliest = min(filter(None, [sale.earliest_hold_expiry, expires if accepted else None]),
+                       default=None)
+        soldout.mark_until(redis, product_id, generation, earliest, sale.now)
+    return answers
+
+
+def _decide(sale, requests, expires):
+    """Each request's answer in arrival order, the holds to insert, and the stock left after them."""
+    available = sale.total_stock - sale.taken
+    holding = dict(sale.by_customer)
+    used_keys = dict(sale.used_keys)
+    answers, accepted, refused_for_stock = {}, [], False
+    # Deadlines are judged by the database clock read after the row lock (on SQLite: the writer lock)
+    # was granted. A buyer that gets no answer waits until the database clock is past its deadline,
+    # then takes the row lock and looks for its hold (holds._committed_hold): a holder that read the
+    # clock before the deadline still holds the row lock then, so the buyer sees its commit; one that
+    # reads it later refuses.
+    db_clock = sale.now.timestamp()
+    for r in requests:
+        if r.deadline <= db_clock:  # its buyer has given up waiting
+            answers[r.ticket] = errors.LockBusy()
+            continue
+        if r.key and r.key in used_keys:
+            hold_id, digest = used_keys[r.key]
+            answers[r.ticket] = Replayed(hold_id) if digest == r.digest else errors.IdempotencyMismatch()
+            continue
+        refusal = sale_window_refusal(sale.sale_starts_at, sale.sale_ends_at, sale.now)
+        mine = holding.get(r.email, 0)
+        if refusal is None and mine + r.quantity > sale.max_per_customer:
+            refusal = errors.LimitExceeded(limit=sale.max_per_customer, holding=mine)
+        if refusal is None and available < r.quantity:
+            refusal = errors.SoldOut(available=max(available, 0))
+            refused_for_stock = refused_for_stock or available <= 0
+        if refusal is not None:
+            answers[r.ticket] = refusal
+            continue
+        hold_id = r.hold_id
+        available -= r.quantity
+        holding[r.email] = mine + r.quantity
+        if r.key:
+            used_keys[r.key] = (hold_id, r.digest)
+        accepted.append((hold_id, r.email, r.quantity, r.key, r.digest))
+        answers[r.ticket] = Created(hold_id, expires, sale.now, r.quantity)
+    return answers, accepted, available, refused_for_stock
+
+
+def _replay_after_collision(session, request, collision):
+    if not request.key:
+        raise collision  # not an Idempotency-Key race: a bug, let it surface
+    used = session.execute(select(Order.id, Order.request_digest)
+                           .where(Order.idempotency_key == request.key)).first()
+    session.rollback()
+    if used is None:
+        return errors.Unavailable()
+    return Replayed(used[0]) if used[1] == request.digest else errors.IdempotencyMismatch()
+
+
+def encode_answer(answer):
+    """An answer as the JSON a waiting buyer reads from its reply list."""
+    if isinstance(answer, Created):
+        return json.dumps({"created": [answer.hold_id, answer.hold_expires_at.isoformat(),
+                                       answer.created_at.isoformat()]})
+    if isinstance(answer, Replayed):
+        return json.dumps({"replayed": answer.hold_id})
+    return json.dumps({"refused": type(answer).__name__, "message": answer.message,
+                       "details": answer.details})
+
+
+REFUSALS = {cls.__name__: cls for cls in (
+    errors.SoldOut, errors.LimitExceeded, errors.SaleNotOpen, errors.NotFound,
+    errors.IdempotencyMismatch, errors.LockBusy, errors.Unavailable)}
+
+
+def decode_answer(raw):
+    """The Created, Replayed or refusal (an exception instance) a holder answered."""
+    data = json.loads(raw)
+    if "created" in data:
+        hold_id, expires, created = data["created"]
+        return Created(hold_id, datetime.fromisoformat(expires), datetime.fromisoformat(created))
+    if "replayed" in data:
+        return Replayed(data["replayed"])
+    return REFUSALS.get(data["refused"], errors.Unavailable)(data["message"], **data["details"])
+
+
+def answer(redis, product_id, answers, own=None):
+    """Push each answer but the holder's own (ticket `own`) to its buyer's reply list, in one round
+    trip (best effort: buyers time out)."""
+    if not any(t != own for t in answers):
+        return
+    try:
+        pipe = redis.pipeline(transaction=False)
+        _queue_answers(pipe, product_id, answers, own, [])
+        lua.execute(pipe)
+    except RedisError:
+        log.warning("could not answer %d buyers of product %s", len(answers), product_id)
+
+
+def _queue_answers(pipe, product_id, answers, own, created):
+    """Queue each answer but the holder's own on its buyer's reply list, and the batch's new holds
+    (`created`) into the stock snapshot (rebuilt within snapshot.MAX_AGE_SECONDS if this is lost)."""
+    for ticket, outcome in answers.items():
+        if ticket != own:
+            reply = keys.batch_reply(product_id, ticket)
+            pipe.lpush(reply, encode_answer(outcome))
+            pipe.pexpire(reply, REPLY_TTL_MS)
+    if created:  # the stock moved: one commit, one expiry for the whole batch
+        movements.move_in(pipe, product_id, created[0].hold_expires_at, sum(a.quantity for a in created))
