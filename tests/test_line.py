@@ -1,8 +1,10 @@
 """The line at a product's lock: batch decisions, one transaction per batch, leaving the line, counters."""
 
+import threading
 from datetime import datetime, timedelta, timezone
 
 import pytest
+import redis as redis_lib
 from sqlalchemy import func, select, update
 
 from flashsale import keys
@@ -163,6 +165,28 @@ def test_a_buyer_whose_request_a_holder_took_waits_for_the_answer_past_its_deadl
         assert batches.decode_answer(waiter.reply) == batches.Replayed("h") and not waiter.held
     finally:
         holder.release()
+
+
+def test_an_answer_slower_than_the_socket_timeout_but_within_the_ttl_is_heard(redis, ctx):
+    """Past its deadline a buyer whose request a holder took waits up to ttl_ms for the answer, in blocks
+    shorter than the socket's timeout: one long block read a slow holder as Redis gone (TimeoutError)."""
+    pool = redis.connection_pool
+    short = redis_lib.Redis(connection_pool=type(pool)(connection_class=pool.connection_class,
+                                                       **{**pool.connection_kwargs, "socket_timeout": 0.3}))
+    holder = ProductLock(redis, 8, ttl_ms=5000, wait_ms=0).acquire()
+    try:
+        waiter = ProductLock(short, 8, ttl_ms=2000, wait_ms=50, queue_entry="entry",
+                             reply_key=keys.batch_reply(8, "t"), batch=50)
+        assert waiter.try_acquire() is False
+        assert redis.lpop(keys.batch_queue(8)) == b"entry"  # a holder takes the request, answers in 0.6 s
+        slow_holder = threading.Timer(0.6, batches.answer, (redis, 8, {"t": batches.Replayed("h")}))
+        slow_holder.start()
+        waiter.acquire()
+        slow_holder.join()
+        assert batches.decode_answer(waiter.reply) == batches.Replayed("h") and not waiter.unanswered
+    finally:
+        holder.release()
+        short.close()
 
 
 def test_confirming_moves_the_confirmed_units_counter_and_the_audit_checks_it(
