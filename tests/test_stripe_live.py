@@ -71,7 +71,8 @@ def test_cards_that_pay_end_confirmed_with_one_capture_of_the_right_amount_and_c
     for slug, email, quantity, card in buyers:
         hold_id = place(server, slug, email, quantity)
         answer = confirm(server, hold_id, card)
-        assert answer.status == 202 and answer.body["payment"]["status"] == "processing", answer.body
+        # The worker may capture before the 202 is written (it did in 52 ms once): both are true answers.
+        assert answer.status == 202 and answer.body["payment"]["status"] in ("processing", "captured"), answer.body
         owed[hold_id] = (answer.body["payment"]["reference"], quantity * (1999 if slug == "gear" else 120000),
                          "usd" if slug == "gear" else "eur")
     wait_until(lambda: set(statuses(app, owed).values()) == {"CONFIRMED"}, 30, message="every card captured")
