@@ -2,8 +2,9 @@
 stream of buyers, Sentinel promotes a replica, then a web server is SIGKILLed behind haproxy.
 
 Every hold answered 201 is in the database, every confirmation answered 202 ends CONFIRMED, no answer is a
-500, every 503 carries Retry-After, 503s stop within 5 s of the promotion, per-email limits hold across web
-servers before and after, and the audit (the fake gateway's charges included) passes.
+500, every 503 carries Retry-After, 503s stop within 5 s of the promotion (but for buyers in flight when the
+web server dies), per-email limits hold across web servers before and after, and the audit (the fake
+gateway's charges included) passes.
 """
 
 import os
@@ -162,8 +163,17 @@ def test_redis_primary_then_a_web_server_die_under_buyers_and_nothing_accepted_i
             assert unexpected == [], unexpected[:5]
             refused = [a for _, a in answers if a.status == 503]
             assert all(a.headers.get("Retry-After") for a in refused)
+            # A buyer in flight when the web server died may have been in that server's batch (the line is
+            # shared): it waits out its deadline and the holder's TTL, learns from the database that nothing
+            # was written, and answers 503. That is the kill's cost, not the failover's, and bounded.
+            def in_flight_at_the_kill(a):
+                return a.sent_at <= web_killed_at <= a.sent_at + a.seconds
+
+            held_by_the_killed = [a for a in refused if in_flight_at_the_kill(a)]
+            assert all(a.sent_at + a.seconds <= web_killed_at + 6 for a in held_by_the_killed), \
+                [round(a.sent_at + a.seconds - web_killed_at, 2) for a in held_by_the_killed]
             late = [(kind, round(a.sent_at - promoted_at, 2), a.body) for kind, a in answers
-                    if a.status == 503 and a.sent_at > promoted_at + 5]
+                    if a.status == 503 and a.sent_at > promoted_at + 5 and not in_flight_at_the_kill(a)]
             assert late == [], f"503s more than 5 s after the promotion: {late[:5]}"
 
             # Nothing accepted is lost: every 201 is a hold, every 202 ends CONFIRMED.
@@ -189,7 +199,8 @@ def test_redis_primary_then_a_web_server_die_under_buyers_and_nothing_accepted_i
             print(f"\nprimary :{old_port} killed; {len(changes)} promotion(s), the last :{new_port} "
                   f"{promoted_at - killed_at:.2f} s after; {len(refused)} answers 503 (first sent "
                   f"{first_503:.2f} s after the kill, the last ending {last_503 - (promoted_at - killed_at):.2f} s "
-                  f"after the promotion); the web server's kill cost {len(lost)} requests in flight; "
+                  f"after the promotion); the web server's kill cost {len(lost)} requests in flight and "
+                  f"{len(held_by_the_killed)} answered 503 after its batch died with it; "
                   f"{len(accepted)} holds, {len(promised)} confirmations, {len(answers)} answers")
         finally:
             balancer.stop()
