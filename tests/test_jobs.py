@@ -88,6 +88,16 @@ def test_the_sweeper_records_a_hold_whose_expiry_job_was_lost(app, quick, make_p
     wait_until(lambda: hold_status(quick, hold["id"]) == "EXPIRED", 5, message="the sweeper")
 
 
+def schedule_expiry(redis, hold_ids, expires):
+    """Queue one batch's expiry as the line's holder does (on its pipeline, then the replies): its slot."""
+    from flashsale import checkout
+    from flashsale.worker.jobs import ExpirySlot
+
+    pipe = redis.pipeline(transaction=False)
+    checkout.schedule_expiry(pipe, hold_ids, expires)(pipe.execute())
+    return ExpirySlot(hold_ids, expires).second
+
+
 def test_batches_lapsing_in_the_same_second_share_one_expiry_job(app, make_product):
     """Every batch adds its holds to its second's slot; only the slot's first batch enqueues a job,
     and that job records every hold of the slot."""
@@ -108,7 +118,7 @@ def test_batches_lapsing_in_the_same_second_share_one_expiry_job(app, make_produ
         # Four batches lapsing within one second: one slot, one job. (Early in the second, so the four
         # instants never straddle two seconds, whatever fraction of a second the holds were placed at.)
         expires = expires.replace(microsecond=100_000)
-        seconds = {jobs.schedule_expiries(queue, [hold_id], expires + timedelta(milliseconds=10 * n))
+        seconds = {schedule_expiry(redis, [hold_id], expires + timedelta(milliseconds=10 * n))
                    for n, hold_id in enumerate(hold_ids)}
         assert len(seconds) == 1
         [second] = seconds

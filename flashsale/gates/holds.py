@@ -47,11 +47,9 @@ class HoldGate:
             except Exception as outcome:  # noqa: BLE001 - Flask answers it, exactly as the view would
                 environ[OUTCOME] = outcome
                 return self.wsgi_app(environ, start_response)
-        limit_headers = environ[hold_limits.COUNTED].headers()
-        replaced = {name for name, _ in limit_headers}
-        start_response("201 CREATED" if placed.created else "200 OK", [
-            *(h for h in self._rendered(environ.get("wsgi.url_scheme", "http")) if h[0] not in replaced),
-            ("Content-Length", str(len(body))), *limit_headers])
+        headers = [*self._rendered(environ.get("wsgi.url_scheme", "http")), ("Content-Length", str(len(body)))]
+        start_response("201 CREATED" if placed.created else "200 OK",
+                       environ[hold_limits.COUNTED].headers_over(headers))
         return [body]
 
     def _app_context(self):

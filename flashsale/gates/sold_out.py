@@ -43,8 +43,8 @@ from ..web import hold_limits
 
 HOLD_PATH = re.compile(r"/api/products/([^/]+)/holds")
 HOLD_FIELDS = {"email", "quantity"}
-PROBED = "flashsale.sold_out_probed"  # set in the environ of a request passed on, mark not set
-# (ref, email, quantity) of a request passed on that the view would place as it is (gates/holds.py)
+# (ref, email, quantity) of a request passed on with the mark not set, that the view would place as it
+# is (gates/holds.py); its presence also says the mark was probed
 HOLD_REQUEST = "flashsale.hold_request"
 
 NOT_MARKED, SOLD_OUT, RATE_LIMITED = 0, 1, 2
@@ -150,13 +150,10 @@ class SoldOutGate:
         if answer == NOT_MARKED:
             # Flask places the hold: its limits are counted already and the mark was not set just now.
             environ[hold_limits.COUNTED] = counted
-            environ[PROBED] = True
             environ[HOLD_REQUEST] = (ref, email, quantity)
             return None
         status, headers, payload = self._rendered(answer, counted, environ.get("wsgi.url_scheme", "http"))
-        limit_headers = counted.headers(now)
-        replaced = {name for name, _ in limit_headers}
-        return status, [*(h for h in headers if h[0] not in replaced), *limit_headers], payload
+        return status, counted.headers_over(headers, now), payload
 
     def _rendered(self, answer, counted, scheme):
         """The app's own answer for a sold-out (or rate-limited) buyer, rendered once per kind."""
@@ -175,7 +172,7 @@ class SoldOutGate:
 
 def probed(environ):
     """True when the gate looked at this request's product's sold-out mark and found it not set."""
-    return environ.get(PROBED, False)
+    return HOLD_REQUEST in environ
 
 
 def _json(content_type):

@@ -185,12 +185,13 @@ def _finish(redis, product_id, lock, answers, own, on_committed):
     slot). Best effort: the lock lapses after its TTL, buyers without an answer ask the database, the
     snapshot is rebuilt and the sweeper expires what no slot holds."""
     created = [a for a in answers.values() if isinstance(a, Created)]
-    then = []
+    after = None
 
     def queue_more(pipe):
+        nonlocal after
         _queue_answers(pipe, product_id, answers, own, created)
         if created and on_committed:
-            then.append(on_committed(pipe, [a.hold_id for a in created], created[0].hold_expires_at))
+            after = on_committed(pipe, [a.hold_id for a in created], created[0].hold_expires_at)
 
     try:
         lock.release(queue_more)
@@ -198,7 +199,7 @@ def _finish(redis, product_id, lock, answers, own, on_committed):
         log.warning("could not release %s nor answer %d buyers; the lock lapses after %d ms",
                     lock.key, len(answers) - (own in answers), lock.ttl_ms)
         return
-    for after in filter(None, then):
+    if after is not None:
         after(lock.replies)
 
 

@@ -105,6 +105,12 @@ class Counted:
             pairs.append((HEADERS[3], str(reset_at - int(now))))
         return pairs
 
+    def headers_over(self, headers, now=None):
+        """headers ([(name, value)]) with these rate-limit headers in place of any of the same name."""
+        limit_headers = self.headers(now)
+        replaced = {name for name, _ in limit_headers}
+        return [*(h for h in headers if h[0] not in replaced), *limit_headers]
+
 
 NOT_LIMITED = Counted(None)
 

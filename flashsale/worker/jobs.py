@@ -127,23 +127,13 @@ def sweep_expired_holds():
 
 
 def expire_slot(second):
-    """Job: record the holds of one expiry slot (schedule_expiries) as EXPIRED, at the slot's end."""
+    """Job: record the holds of one expiry slot (ExpirySlot) as EXPIRED, at the slot's end."""
     with _app_context():
         redis = redis_store.client
         hold_ids = sorted(member.decode() for member in redis.smembers(keys.expiry_slot(second)))
         expired = expire_holds(hold_ids)
         redis.delete(keys.expiry_slot(second))
         return expired
-
-
-def schedule_expiries(queue, hold_ids, hold_expires_at):
-    """Put holds that lapse together (one batch of the line) in the expiry slot of the second they
-    lapse in (ExpirySlot), in one pipelined round trip of their own. Returns the slot's second."""
-    slot = ExpirySlot(hold_ids, hold_expires_at)
-    pipe = queue.connection.pipeline(transaction=False)
-    slot.queue(pipe)
-    slot.enqueue_if_first(queue, pipe.execute())
-    return slot.second
 
 
 class ExpirySlot:
