@@ -67,10 +67,18 @@ def _migrate_with_data(database_url, connect, execute, query):
     with connect() as connection:
         assert query(connection, "SELECT state, amount_cents, idempotency_key FROM payments") == [
             ("captured", 500, "flashsale-hold-h-old-confirmed-1")]
+        # 0003 gave the hold its CONFIRMING event, and 0009 put it before the CONFIRMED (as the audit reads).
         assert query(connection, "SELECT type FROM inventory_events ORDER BY id") == [
-            ("HOLD_CREATED",), ("CONFIRMED",), ("CONFIRMING",)]
+            ("HOLD_CREATED",), ("CONFIRMING",), ("CONFIRMED",)]
         assert query(connection, "SELECT count(*) FROM orders WHERE confirmation_requested_at "
                                  "= confirmed_at") == [(1,)]
+        # 0007: a hold confirmed before the outbox existed has its order.confirmed, handed out, never sent.
+        assert query(connection, "SELECT webhook_id, type, hold_id, fanned_out FROM webhook_events") == [
+            ("msg_backfilled_h-old-confirmed-1", "order.confirmed", "h-old-confirmed-1", True)]
+        assert query(connection, "SELECT count(*) FROM webhook_deliveries") == [(0,)]
+    audited = subprocess.run([str(BIN / "flask"), "--app", "app", "audit"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert audited.returncode == 0, audited.stdout + audited.stderr
     flask_db("downgrade", "0002")
     with connect() as connection:
         assert query(connection, "SELECT type FROM inventory_events ORDER BY id") == [
