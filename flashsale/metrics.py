@@ -117,9 +117,9 @@ def percentiles(samples, points=(50, 95, 99)):
     return {f"p{p}": percentile(ordered, p) for p in points}
 
 
-def snapshot(redis, buckets=WINDOW_BUCKETS):
+def snapshot(redis, buckets=WINDOW_BUCKETS, now=None):
     """Totals, per-bucket series and latency percentiles, as the dashboard reads them."""
-    now_bucket = _bucket()
+    now_bucket = _bucket(now)
     pipe = redis.pipeline(transaction=False)
     pipe.hgetall(keys.metrics("totals"))
     pipe.lrange(keys.metrics("latency"), 0, -1)

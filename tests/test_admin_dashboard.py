@@ -1,7 +1,10 @@
 """The admin dashboard and its metrics: what it shows, who may see it, and that its history stays bounded."""
 
+import itertools
 import re
+import time
 from datetime import datetime, timedelta, timezone
+from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import update
@@ -103,6 +106,18 @@ def test_reading_metrics_samples_stock_per_product_into_a_bounded_series(app, cl
     gauge_keys = redis.keys("fs:metrics:gauges:*")
     assert gauge_keys and all(0 < redis.ttl(k) <= metrics.BUCKET_SECONDS * metrics.WINDOW_BUCKETS
                               for k in gauge_keys)
+
+
+def test_one_reading_of_the_board_uses_one_bucket_even_across_a_boundary(client, make_product, monkeypatch):
+    """The board's sample and its series are read at one instant: with a clock that had the sample land
+    in one bucket and the series end in the next, the latest point showed no stock (CI saw it once)."""
+    product_id = make_product(total_stock=5)
+    start = (int(time.time()) // metrics.BUCKET_SECONDS) * metrics.BUCKET_SECONDS + 1
+    readings = itertools.count(start, metrics.BUCKET_SECONDS)  # every reading of metrics' clock a bucket later
+    monkeypatch.setattr(metrics, "time", SimpleNamespace(time=lambda: next(readings)))
+    board = client.get("/admin/metrics").json
+    assert board["gauges"][-1]["stock"] == {str(product_id): 5}
+    assert board["gauges"][-1]["t"] == board["series"][-1]["t"]
 
 
 def test_gauge_series_keeps_one_point_per_bucket_and_leaves_gaps_unsampled(redis):

@@ -1,6 +1,7 @@
 """What the dashboard shows: Redis metrics, stock and hold outcomes per product, payments, webhook
 deliveries, the queue, recent holds, the last audit."""
 
+import time
 from datetime import datetime
 
 from flask import current_app
@@ -24,7 +25,8 @@ def snapshot():
     """One JSON-ready picture for GET /admin/metrics and the dashboard page (emails masked)."""
     session = db.session
     redis = redis_store.client
-    board = metrics.snapshot(redis)
+    moment = time.time()  # one instant for every bucket read or written below: none straddles a boundary
+    board = metrics.snapshot(redis, now=moment)
     outcomes = hold_outcomes(session)
     products = session.execute(select(Product).order_by(Product.id)).scalars().all()
     # The same stock snapshots the watchers poll (inventory/snapshot.py), not a sum over the orders.
@@ -36,8 +38,8 @@ def snapshot():
     board["webhooks"] = deliveries.backlog(session)
     board["waiting_rooms"] = waiting_room_rows(redis, [p for p in products if p.waiting_room])
     metrics.sample_gauges(redis, {p.id: levels[p.id].available for p in products},
-                          board["hold_latency_ms"], board["lock_wait_ms"], board["payment_latency_ms"])
-    board["gauges"] = metrics.gauge_series(redis)
+                          board["hold_latency_ms"], board["lock_wait_ms"], board["payment_latency_ms"], now=moment)
+    board["gauges"] = metrics.gauge_series(redis, now=moment)
     board["queue"] = queue_stats()
     board["recent_holds"] = recent_holds(session, {p.id: p.slug for p in products})
     now = db_now(session)
