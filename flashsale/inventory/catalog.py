@@ -5,7 +5,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 
 from ..errors import NotFound
 from ..models import Product
@@ -83,52 +83,69 @@ def forget_id(ref):
 
 
 def sale_info(session, ref):
-    """SaleInfo for `ref`, cached for CACHE_SECONDS; the transaction re-checks what matters under lock."""
+    """SaleInfo for `ref`, cached for CACHE_SECONDS; the transaction re-checks what matters under lock.
+
+    The read that refreshes `ref` refreshes, in the same query, every product this process holds whose
+    read is past half its life: over a sale of 100 products each process then reads the catalog about
+    once per CACHE_SECONDS instead of once per product (which sent a quarter of the buyers through Flask).
+    Taking the half-expired too merges products first read at different moments into one refresh.
+    """
+    ref, now = str(ref), time.monotonic()
     hit = _cache.get(ref)
-    if hit and hit[0] > time.monotonic():
+    if hit and hit[0] > now:
         return hit[1]
-    product = find_product(session, ref)
-    info = SaleInfo(
-        product.id,
-        product.slug,
-        product.total_stock,
-        product.max_per_customer,
-        product.sale_starts_at,
-        product.sale_ends_at,
-        bool(product.waiting_room),
-        product.admission_rate,
-    )
+    named = product_filter(ref)
+    due = now + CACHE_SECONDS / 2
+    ageing = sorted({info.id for expires, info in list(_cache.values()) if expires <= due})[:MAX_REFRESH]
+    products = session.execute(select(Product).where(or_(named, Product.id.in_(ageing)))).scalars().all()
     expires = time.monotonic() + CACHE_SECONDS
-    _cache[ref] = _cache[str(product.id)] = _cache[product.slug] = (expires, info)
-    return info
+    found = None
+    for product in products:
+        info = SaleInfo(product.id, product.slug, product.total_stock, product.max_per_customer,
+                        product.sale_starts_at, product.sale_ends_at, bool(product.waiting_room),
+                        product.admission_rate)
+        _cache[str(product.id)] = _cache[product.slug] = (expires, info)
+        if _names(ref, product):
+            found = info
+    if found is None:
+        raise NotFound("No such product.")
+    _cache[ref] = (expires, found)
+    return found
+
+
+def _names(ref, product):
+    """True when `ref` (an id or a slug, as product_filter reads it) names `product`."""
+    return product.id == int(ref) if ref.isascii() and ref.isdigit() else product.slug == ref
 
 
 def cached_sale_info(ref):
     """SaleInfo for `ref` as this process last read it, or None: let Flask read it (no database here).
 
-    Past CACHE_SECONDS the first caller gets None, and so reads it through Flask; for REFRESH_GRACE
-    seconds after that, while that read is in flight, the others keep the old one, so that a process
-    answering thousands of sold-out buyers a second sends one of them through Flask when the read
-    expires rather than every buyer arriving until the new read lands.
+    Past CACHE_SECONDS the first caller gets None, and so reads it through Flask (sale_info, which
+    refreshes every expired product at once); for REFRESH_GRACE seconds after that, while that read is
+    in flight, every caller keeps the old reads, so that a process answering thousands of buyers a
+    second sends one of them through Flask when its reads expire rather than every buyer arriving
+    until the new read lands.
     """
+    global _refreshing_until
     hit = _cache.get(ref)
     if hit is None:
         return None
     now = time.monotonic()
-    if hit[0] > now:
+    if hit[0] > now or _refreshing_until > now:
         return hit[1]
-    if _refreshing.get(ref, 0.0) > now:
-        return hit[1]
-    _refreshing[ref] = now + REFRESH_GRACE
+    _refreshing_until = now + REFRESH_GRACE
     return None
 
 
 REFRESH_GRACE = 1.0
-_refreshing = {}  # ref -> monotonic time until which a read through Flask is in flight
+MAX_REFRESH = 1000  # products refreshed with one read, at most
+_refreshing_until = 0.0  # monotonic time until which a read through Flask (refreshing every expired one) is in flight
 
 
 def forget():
     """Drop cached sale info and ids (after seeding, and between tests)."""
+    global _refreshing_until
     _cache.clear()
     _ids.clear()
-    _refreshing.clear()
+    _refreshing_until = 0.0
