@@ -124,8 +124,6 @@ def _as_loaded(order):
     return order
 
 
-
-
 def _check_sale_window(starts, ends, now, margin):
     # Give the estimate the benefit of its doubt: moved by its error bound towards the window.
     judged = now + margin if now < starts else now - margin if now >= ends else now
