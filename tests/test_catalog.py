@@ -54,30 +54,3 @@ def test_while_one_refresh_is_in_flight_every_expired_product_keeps_its_old_read
     now[0] += catalog.REFRESH_GRACE + 0.1  # no new read landed within the grace
     assert catalog.cached_sale_info("b") is None
     catalog.forget()
-
-
-def test_while_one_thread_reads_the_catalog_again_the_others_keep_the_expired_read(app, make_product,
-                                                                                   monkeypatch):
-    """Every thread meeting an expired read read the catalog itself (a herd of 100-row reads each cycle);
-    now one reads and the others keep the old read meanwhile."""
-    product_id = make_product(slug="herd")
-    now = [1000.0]
-    monkeypatch.setattr(time, "monotonic", lambda: now[0])
-    catalog.forget()
-    with app.app_context():
-        old = catalog.sale_info(db.session, "herd")
-        now[0] += catalog.CACHE_SECONDS + 0.1
-        statements = []
-        listener = lambda *args: statements.append(args[2])  # noqa: E731
-        event.listen(db.engine, "before_cursor_execute", listener)
-        try:
-            with catalog._reading:  # another thread is reading
-                assert catalog.sale_info(db.session, "herd") is old
-                assert statements == []
-            fresh = catalog.sale_info(db.session, str(product_id))  # none is: this one reads
-            assert fresh is not old and fresh.id == product_id
-            assert len(statements) == 1
-        finally:
-            event.remove(db.engine, "before_cursor_execute", listener)
-        db.session.rollback()
-    catalog.forget()

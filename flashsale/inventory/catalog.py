@@ -1,7 +1,6 @@
 """Finding products by id or slug, with a short in-process cache for the hot path's sale checks."""
 
 import re
-import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,7 +20,6 @@ MAX_ID = 2**31 - 1  # PostgreSQL integer: a bigger id is unknown, never an overf
 CACHE_SECONDS = 2.0
 
 _cache = {}
-_reading = threading.Lock()  # held by the thread of this process reading the catalog again
 _ids = {}  # ref -> (monotonic expiry, product id)
 MAX_IDS = 10_000
 
@@ -90,24 +88,12 @@ def sale_info(session, ref):
     The read that refreshes `ref` refreshes, in the same query, every product this process holds whose
     read is past half its life: over a sale of 100 products each process then reads the catalog about
     once per CACHE_SECONDS instead of once per product (which sent a quarter of the buyers through Flask).
-    Taking the half-expired too merges products first read at different moments into one refresh. While
-    one thread of the process reads, the others keep the expired read rather than read it too.
+    Taking the half-expired too merges products first read at different moments into one refresh.
     """
     ref, now = str(ref), time.monotonic()
     hit = _cache.get(ref)
     if hit and hit[0] > now:
         return hit[1]
-    if hit and not _reading.acquire(blocking=False):
-        return hit[1]
-    try:
-        return _read(session, ref, now)
-    finally:
-        if hit:
-            _reading.release()
-
-
-def _read(session, ref, now):
-    """Read `ref` and every ageing product of the process (sale_info); its SaleInfo, or NotFound."""
     named = product_filter(ref)
     due = now + CACHE_SECONDS / 2
     ageing = sorted({info.id for expires, info in list(_cache.values()) if expires <= due})[:MAX_REFRESH]
