@@ -218,3 +218,23 @@ def test_with_rate_limits_on_the_limited_operations_send_the_documented_limit_he
         for name in ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "X-Request-Id"):
             schema = document["components"]["headers"][promised[name]["$ref"].rsplit("/", 1)[1]]["schema"]
             assert re.search(schema["pattern"], answer.headers[name]), (path, status, name)
+
+
+def test_the_page_for_people_shows_every_operation_error_code_and_schema_from_this_origin_only(client, document):
+    """GET /api/docs renders the same document: every operation with its parameters and answers, every
+    error code, every named schema; no script, stylesheet or link to another origin, and the shop's CSP."""
+    page = client.get("/api/docs")
+    assert page.status_code == 200 and page.mimetype == "text/html"
+    html = page.get_data(as_text=True)
+    for path, item in document["paths"].items():
+        for method, op in item.items():
+            assert f"<code>{method.upper()} {path}</code>" in html
+            assert f'id="{op["operationId"]}"' in html
+            for name in (p["$ref"].rsplit("/", 1)[-1] for p in op.get("parameters", [])):
+                assert f"<code>{document['components']['parameters'][name]['name']}</code>" in html
+    for status, code in documented_codes(document):
+        assert f"`{code}`" in html, (status, code)
+    for name in document["components"]["schemas"]:
+        assert f'id="schema-{name}"' in html
+    assert not re.search(r'(?:src|href)="(?:https?:)?//', html)  # nothing from another origin
+    assert page.headers["Content-Security-Policy"] == client.get("/").headers["Content-Security-Policy"]

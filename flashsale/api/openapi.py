@@ -148,6 +148,10 @@ def paths():
         "/api/openapi.json": {"get": {
             "operationId": "getOpenAPI", "summary": "This document.",
             "responses": {"200": body_answer("The OpenAPI 3.1 document.", {"type": "object"})}}},
+        "/api/docs": {"get": {
+            "operationId": "getDocs", "summary": "This document as a page for people (HTML, no scripts).",
+            "responses": {"200": {"description": "The page.",
+                                  "content": {"text/html": {"schema": {"type": "string"}}}}}}},
         "/healthz": {"get": {
             "operationId": "health", "summary": "Whether the database and Redis answer.",
             "responses": {"200": body_answer("Both answer.", ref("Health")),

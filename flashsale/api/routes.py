@@ -2,7 +2,7 @@
 
 import re
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, current_app, jsonify, render_template, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from .. import checkout
@@ -15,6 +15,7 @@ from ..inventory import holds
 from ..serialise import hold_json, ticket_json
 from ..web import hold_limits, polling
 from ..web.ratelimits import per_customer
+from . import docs_page as docs_page_model
 from . import openapi
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -27,6 +28,14 @@ PAYMENT_METHOD_RE = re.compile(r"^(pm|card|src)_[A-Za-z0-9_]{1,200}$")
 def openapi_document():
     """The OpenAPI 3.1 document of this API (api/openapi.py)."""
     return jsonify(openapi.document(current_app.config))
+
+
+@bp.get("/docs")
+def docs_page():
+    """The same document as a page for people, rendered here (api/docs_page.py)."""
+    document = openapi.document(current_app.config)
+    return render_template("api/docs.html", document=document, operations=docs_page_model.operations(document),
+                           schemas=docs_page_model.schemas(document))
 
 
 @bp.get("/products")
