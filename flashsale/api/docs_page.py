@@ -2,6 +2,9 @@
 document: no scripts, styles or fonts of its own and nothing from another origin, so the CSP is unchanged."""
 
 import json
+import re
+
+from markupsafe import Markup, escape
 
 METHODS = ("get", "put", "post", "delete", "patch")
 
@@ -14,6 +17,11 @@ def resolve(document, node):
             target = target[part]
         node = target
     return node
+
+
+def prose(text):
+    """The document's text for HTML: escaped, its `code` spans as <code>."""
+    return Markup(re.sub(r"`([^`]+)`", r"<code>\1</code>", str(escape(text))))
 
 
 def schema_label(schema):
@@ -34,25 +42,25 @@ def operations(document):
                 parameter = resolve(document, raw)
                 parameters.append({"name": parameter["name"], "in": parameter["in"],
                                    "required": parameter.get("required", False),
-                                   "description": parameter.get("description", ""),
+                                   "description": prose(parameter.get("description", "")),
                                    "schema": schema_label(parameter.get("schema", {}))})
             body = None
             if "requestBody" in op:
                 request_body = resolve(document, op["requestBody"])
                 content = next(iter(request_body["content"].items()))
                 body = {"required": request_body.get("required", False), "type": content[0],
-                        "description": request_body.get("description", ""),
+                        "description": prose(request_body.get("description", "")),
                         "schema": schema_label(content[1].get("schema", {}))}
             answers = []
             for status, raw in op["responses"].items():
                 answer = resolve(document, raw)
                 content = next(iter(answer.get("content", {}).items()), None)
-                answers.append({"status": status, "description": answer.get("description", ""),
+                answers.append({"status": status, "description": prose(answer.get("description", "")),
                                 "type": content[0] if content else None,
                                 "schema": schema_label(content[1].get("schema", {})) if content else None,
                                 "headers": sorted(answer.get("headers", {}))})
             listed.append({"method": method.upper(), "path": path, "anchor": op["operationId"],
-                           "summary": op.get("summary", ""), "parameters": parameters, "body": body,
+                           "summary": prose(op.get("summary", "")), "parameters": parameters, "body": body,
                            "answers": answers})
     return listed
 

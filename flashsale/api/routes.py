@@ -35,7 +35,7 @@ def docs_page():
     """The same document as a page for people, rendered here (api/docs_page.py)."""
     document = openapi.document(current_app.config)
     return render_template("api/docs.html", document=document, operations=docs_page_model.operations(document),
-                           schemas=docs_page_model.schemas(document))
+                           schemas=docs_page_model.schemas(document), describe=docs_page_model.prose)
 
 
 @bp.get("/products")
