@@ -38,16 +38,22 @@ class SaleInfo:
     admission_rate: int | None = None
 
 
-def product_filter(ref):
-    """A WHERE clause for a product reference (an id or a slug), or NotFound if it cannot name one."""
+def _parsed(ref):
+    """(is an id, the id or slug) of a product reference, or NotFound if it cannot name one."""
     ref = str(ref)
     if ref.isascii() and ref.isdigit():
         if len(ref) > 10 or int(ref) > MAX_ID:
             raise NotFound()
-        return Product.id == int(ref)
+        return True, int(ref)
     if not SLUG_RE.match(ref):
         raise NotFound()
-    return Product.slug == ref
+    return False, ref
+
+
+def product_filter(ref):
+    """A WHERE clause for a product reference (an id or a slug), or NotFound if it cannot name one."""
+    by_id, value = _parsed(ref)
+    return Product.id == value if by_id else Product.slug == value
 
 
 def find_product(session, ref):
@@ -115,7 +121,8 @@ def sale_info(session, ref):
 
 def _names(ref, product):
     """True when `ref` (an id or a slug, as product_filter reads it) names `product`."""
-    return product.id == int(ref) if ref.isascii() and ref.isdigit() else product.slug == ref
+    by_id, value = _parsed(ref)
+    return (product.id if by_id else product.slug) == value
 
 
 def cached_sale_info(ref):

@@ -119,13 +119,10 @@ class ProductLock:
         self.unanswered = False  # a holder took the entry and never answered (see served_after_deadline)
         self._just_tried = False
         self._longest_block = MAX_BLOCK_SECONDS
-        self._longest_answer_block = ttl_ms / 1000
         if queue_entry:
             # A block must end well before the socket's timeout, or a slow reply would read as Redis gone.
             timeout = redis.connection_pool.connection_kwargs.get("socket_timeout")
             self._longest_block = min(QUEUED_BLOCK_SECONDS, timeout / 3) if timeout else QUEUED_BLOCK_SECONDS
-            if timeout:
-                self._longest_answer_block = min(self._longest_answer_block, timeout / 3)
         self._attempt_keys = [self.key, refuse_if or self.key, read_with or self.key,
                               self.queue_key if queue_entry else self.key,
                               reply_key if queue_entry else self.key]
@@ -191,7 +188,7 @@ class ProductLock:
             return False
         until = time.monotonic() + self.ttl_ms / 1000
         while (left := until - time.monotonic()) > 0:
-            popped = self.redis.blpop([self.reply_key], timeout=max(min(left, self._longest_answer_block), 0.001))
+            popped = self.redis.blpop([self.reply_key], timeout=max(min(left, self._longest_block), 0.001))
             self.waited_ms = (time.monotonic() - self._started) * 1000
             if popped:
                 self.reply = popped[1]
