@@ -64,7 +64,11 @@ async def crowd(url, slug, shoppers, deadline_s=240):
                 status, held = await request("POST", f"/api/products/{slug}/holds", json={"email": email},
                                              headers={"Admission": ticket["admission"],
                                                       "Idempotency-Key": f"buy-{i}"})
-                outcome["hold"] = (status, held.get("error", {}).get("code"))
+                error = held.get("error", {})
+                # An admission that lapsed before its hold arrived (a starved client, on a slow machine)
+                # is refused as expired: the test checks the refusal came after the admission's expiry.
+                lapsed = datetime.fromisoformat(ticket["admission_expires_at"]).timestamp() <= time.time()
+                outcome["hold"] = (status, error.get("code"), error.get("details", {}).get("expired"), lapsed)
                 if status == 201:
                     outcome["confirm"] = (await request("POST", f"/api/holds/{held['id']}/confirm"))[0]
             outcomes[i] = outcome
@@ -90,15 +94,25 @@ def test_twenty_thousand_shoppers_join_a_thousand_unit_drop(app, make_product, r
     holds = [o for o in outcomes.values() if o.get("hold", (0,))[0] == 201]
     admitted_times = sorted(float(v.split()[0]) for v in redis.hvals(keys.waiting_admitted(pid)))
     first_thousand = admitted_times[:UNITS]
-    measured = (len(first_thousand) - 1) / (first_thousand[-1] - first_thousand[0])
+    # The bucket holds 2 x RATE tokens (a late first call after the opening admits that many at once);
+    # after them, the rate is the shop's.
+    burst = 2 * RATE
+    measured = (UNITS - 1 - burst) / (first_thousand[-1] - first_thousand[burst])
+    with app.app_context():
+        opened = db.session.get(Product, pid).sale_starts_at.timestamp()
+        db.session.remove()
     print(f"\n{SHOPPERS} shoppers in {took:.1f} s: {states}; {len(holds)} holds; admission rate {measured:.0f}/s "
           f"(set {RATE}/s)")
     # Every shopper ended with a definite answer: admitted (and then a hold or a clear refusal) or sold out.
     assert set(states) <= {"admitted", "sold_out"} and sum(states.values()) == SHOPPERS
     assert len(holds) == UNITS and states["admitted"] >= UNITS
     assert all(o["confirm"] == 202 for o in holds)
-    assert all(o["hold"][1] == "sold_out" for o in outcomes.values() if o.get("hold") and o["hold"][0] != 201)
-    assert abs(measured - RATE) / RATE < 0.25  # admitted at the rate the shop set
+    refused = [o["hold"] for o in outcomes.values() if o.get("hold") and o["hold"][0] != 201]
+    wrong = [r for r in refused if r[1] != "sold_out" and r[1:] != ("not_admitted", True, True)]
+    assert not wrong, wrong[:5]
+    # Never more admitted than the tokens accrued since the opening, and then at the rate the shop set.
+    assert all(n <= RATE * (t - opened) + 1 for n, t in enumerate(admitted_times, start=1))
+    assert abs(measured - RATE) / RATE < 0.25
     with app.app_context():
         assert db.session.execute(select(func.count()).select_from(Order)
                                   .where(Order.product_id == pid)).scalar_one() == UNITS
