@@ -42,6 +42,15 @@ def lite_app(sqlite_path):
         db.engine.dispose()
 
 
+@pytest.fixture(scope="module")
+def other_process(sqlite_path, lite_app):
+    """A second app on the same SQLite file: another web process, with its own engine and combiner."""
+    application = create_app(TestConfig, SQLALCHEMY_DATABASE_URI=f"sqlite:///{sqlite_path}")
+    yield application
+    with application.app_context():
+        db.engine.dispose()
+
+
 @pytest.fixture
 def lite(lite_app):
     """The SQLite app with empty tables and an empty test Redis database."""
@@ -109,7 +118,7 @@ def test_a_driver_error_inside_the_batch_comes_out_as_sqlalchemys_and_releases_t
     with lite.app_context():
         engine = db.engine
     with pytest.raises(OperationalError), placement.SQLiteBatchTransaction(engine) as transaction:
-        transaction.lock_and_read(1, set(), set())
+        transaction.lock_and_read([1], set(), set())
         raise sqlite3.OperationalError("disk I/O error")  # as from a pause hook talking to the driver
     other = sqlite3.connect(sqlite_path, timeout=0, isolation_level=None)
     try:
@@ -212,9 +221,11 @@ def test_the_clock_is_read_once_the_writer_lock_is_granted(lite, sqlite_path):
     assert seen["now"] >= committed_at
 
 
-def test_a_lapsed_redis_lock_cannot_oversell_because_the_writer_lock_decides(lite, monkeypatch):
-    """The first holder stalls under the writer lock past its Redis lock's TTL; the second takes the
-    lapsed Redis lock, but its BEGIN IMMEDIATE waits for the first commit, and it sees the hold."""
+def test_a_lapsed_redis_lock_cannot_oversell_because_the_writer_lock_decides(lite, other_process,
+                                                                             monkeypatch):
+    """The first holder stalls under the writer lock past its Redis lock's TTL; the second, in another
+    process, takes the lapsed Redis lock, but its BEGIN IMMEDIATE waits for the first commit, and it
+    sees the hold."""
     product_id = add_product(lite, total_stock=1)
     policy = holds.HoldPolicy(lock_ttl_ms=100, lock_wait_ms=5000)
     second_is_locking = threading.Event()
@@ -246,7 +257,7 @@ def test_a_lapsed_redis_lock_cannot_oversell_because_the_writer_lock_decides(lit
     with lite.app_context():
         redis = redis_store.client
     wait_until(lambda: redis.exists(keys.lock(product_id)), 5, interval=0.005, message="the first holder")
-    second = threading.Thread(target=buy, args=(lite, outcomes, "second@x.io", 1, None, policy),
+    second = threading.Thread(target=buy, args=(other_process, outcomes, "second@x.io", 1, None, policy),
                               name="second")
     second.start()
     first.join(15)

@@ -7,75 +7,35 @@ front of the queue, decides each one in arrival order exactly as it would be dec
 every accepted hold and its event in one statement (placement.py), commits once, releases the lock and
 answers each buyer on its own reply list. Under a herd the serial section's fixed costs (lock hand-over,
 thread wake-ups, round trips, the commit's flush) are paid once per batch instead of once per buyer;
-alone, a buyer serves a batch of one.
+alone, a buyer serves a batch of one. Holders of different products in one web process share a
+transaction when they meet (combining.py), so many products on sale at once also pay one transaction
+for many buyers.
 
 A buyer whose answer never comes (Redis or the holder died) asks the database (`_committed`), so a 503
 always means nothing changed (docs/threat-model.md).
 """
 
-import json
 import logging
 import secrets
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from dataclasses import dataclass, replace
+from datetime import timedelta
 
 from redis.exceptions import RedisError
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from .. import errors, keys, lua
 from ..errors import LockBusy, SoldOut, Unavailable
 from ..models import Order, Product, new_hold_id
-from . import faults, movements, placement, soldout
+from . import combining, faults, movements, placement, soldout
 from .clock import wait_until_past
+from .line_messages import Created, Replayed, Request, decode_answer, encode_answer
 from .locks import LockRefused, ProductLock
 
 BATCH = 50  # requests served per lock acquisition (one statement inserts them all)
 REPLY_TTL_MS = 60_000  # an answer nobody picks up (its buyer gave up) disappears
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Request:
-    """One buyer's request as it waits in the line; deadline is when its buyer stops waiting (epoch s).
-
-    The buyer chooses its hold's id, so that if Redis dies before the answer arrives it can still find
-    out from the database whether its hold was committed.
-    """
-
-    ticket: str
-    email: str
-    quantity: int
-    key: str | None
-    digest: str | None
-    deadline: float
-    hold_id: str
-
-    def encode(self):
-        return json.dumps([self.ticket, self.email, self.quantity, self.key, self.digest,
-                           self.deadline, self.hold_id])
-
-    @classmethod
-    def decode(cls, raw):
-        return cls(*json.loads(raw))
-
-
-@dataclass(frozen=True)
-class Created:
-    """The answer for a buyer whose hold was inserted and committed."""
-
-    hold_id: str
-    hold_expires_at: datetime
-    created_at: datetime
-    quantity: int = 0  # known to the holder that decided it (the stock snapshot counts it)
-
-
-@dataclass(frozen=True)
-class Replayed:
-    """The answer for a buyer whose Idempotency-Key already made this hold."""
-
-    hold_id: str
 
 
 def sale_window_refusal(starts, ends, now):
@@ -218,29 +178,107 @@ def _leave_queue(lock):
         log.warning("could not leave the batch queue of %s", lock.key)
 
 
+@dataclass(frozen=True)
+class Batch:
+    """One product's batch as its holder hands it to the process's combiner (combining.py)."""
+
+    product_id: int
+    requests: list
+    hold_seconds: int
+    pause: object = None  # the fault hook run under the row locks (faults.pause_under_row_lock)
+
+
 def serve(session, redis, product_id, requests, hold_seconds, generation, pause=None):
-    """Decide and commit a batch of requests under the product's lock; {ticket: answer}."""
+    """Decide and commit a batch of requests under the product's lock; {ticket: answer}.
+
+    The transaction may serve other products' batches too, handed in by this process's other holders
+    meanwhile (combining.py)."""
+    engine = session.get_bind()
+    answers, sold_out = combining.combiner(engine).run(
+        Batch(product_id, requests, hold_seconds, pause), lambda batches: _serve_together(engine, batches))
+    if sold_out is not None:
+        soldout.mark_until(redis, product_id, generation, *sold_out)
+    return answers
+
+
+def _serve_together(engine, batches, impatient=None):
+    """Decide and commit several products' batches in one transaction: for each batch, ({ticket:
+    answer}, None or the (earliest hold expiry, now) that marks its product sold out), or the
+    exception that failed it.
+
+    impatient (the default with several batches): a row locked by another transaction is waited for
+    only briefly (placement.SHARED_LOCK_WAIT); then the batches are served apart."""
+    impatient = len(batches) > 1 if impatient is None else impatient
+    pauses = [b.pause for b in batches if b.pause is not None]
     try:
-        with placement.batch_transaction(session.get_bind()) as transaction:
-            sale = transaction.lock_and_read(product_id, {r.email for r in requests},
-                                             {r.key for r in requests if r.key}, pause)
-            if sale is None:
-                return {r.ticket: errors.NotFound("No such product.") for r in requests}
-            expires = sale.now + timedelta(seconds=hold_seconds)
-            answers, accepted, available, refused_for_stock = _decide(sale, requests, expires)
-            transaction.insert_and_commit(product_id, accepted, sale.now, expires)
+        with placement.batch_transaction(engine) as transaction:
+            sales = transaction.lock_and_read(
+                {b.product_id for b in batches}, {r.email for b in batches for r in b.requests},
+                {r.key for b in batches for r in b.requests if r.key},
+                (lambda: [pause() for pause in pauses]) if pauses else None, impatient)
+            outcomes, accepted, now = [], [], None
+            for b in batches:
+                sale = sales.get(b.product_id)
+                if sale is None:
+                    outcomes.append(({r.ticket: errors.NotFound("No such product.") for r in b.requests}, None))
+                    continue
+                now = sale.now
+                outcomes.append(_decided(sale, b, accepted))
+            transaction.insert_and_commit(accepted, now)
+    except OperationalError as waited:
+        if len(batches) == 1 or not placement.lock_not_available(waited):
+            raise
+        # A row of one of these products is locked by another transaction: the others must not wait
+        # for it.
+        return _serve_apart(engine, batches)
     except IntegrityError as collision:
         # A concurrent request with one of these Idempotency-Keys, for another product, committed
-        # first: serve the batch one by one so only the request that collided is affected.
-        if len(requests) > 1:
-            return {t: a for r in requests
-                    for t, a in serve(session, redis, product_id, [r], hold_seconds, generation).items()}
-        return {requests[0].ticket: _replay_after_collision(session, requests[0], collision)}
-    if refused_for_stock or (accepted and available <= 0):
-        earliest = min(filter(None, [sale.earliest_hold_expiry, expires if accepted else None]),
-                       default=None)
-        soldout.mark_until(redis, product_id, generation, earliest, sale.now)
-    return answers
+        # first (or two batches here carry the same key): serve the batches, then their requests, one
+        # by one, so only the request that collided is affected.
+        if len(batches) > 1:
+            return _serve_apart(engine, batches)
+        (batch,) = batches
+        if len(batch.requests) > 1:
+            alone = [_serve_together(engine, [replace(batch, requests=[r])])[0] for r in batch.requests]
+            sold_out = [mark for _, mark in alone if mark is not None]
+            return [({t: a for answers, _ in alone for t, a in answers.items()}, (sold_out or [None])[-1])]
+        request = batch.requests[0]
+        return [({request.ticket: _replay_after_collision(engine, request, collision)}, None)]
+    return outcomes
+
+
+def _serve_apart(engine, batches):
+    """Each batch in its own transaction, a failure failing only its own batch: first every batch
+    whose product's row is free, then, waiting for their rows, the others."""
+    outcomes, busy = {}, []
+    for n, batch in enumerate(batches):
+        try:
+            outcomes[n] = _serve_together(engine, [batch], impatient=True)[0]
+        except OperationalError as waited:
+            if placement.lock_not_available(waited):
+                busy.append(n)
+            else:
+                outcomes[n] = waited
+        except Exception as failure:  # noqa: BLE001 - it is this batch's answer, raised in its thread
+            outcomes[n] = failure
+    for n in busy:
+        try:
+            outcomes[n] = _serve_together(engine, [batches[n]], impatient=False)[0]
+        except Exception as failure:  # noqa: BLE001 - as above
+            outcomes[n] = failure
+    return [outcomes[n] for n in range(len(batches))]
+
+
+def _decided(sale, batch, accepted):
+    """One batch's answers and sold-out mark; its accepted holds are appended to `accepted`."""
+    expires = sale.now + timedelta(seconds=batch.hold_seconds)
+    answers, taken, available, refused_for_stock = _decide(sale, batch.requests, expires)
+    accepted.extend((hold_id, batch.product_id, email, quantity, key, digest, expires)
+                    for hold_id, email, quantity, key, digest in taken)
+    if refused_for_stock or (taken and available <= 0):
+        earliest = min(filter(None, [sale.earliest_hold_expiry, expires if taken else None]), default=None)
+        return answers, (earliest, sale.now)
+    return answers, None
 
 
 def _decide(sale, requests, expires):
@@ -283,42 +321,15 @@ def _decide(sale, requests, expires):
     return answers, accepted, available, refused_for_stock
 
 
-def _replay_after_collision(session, request, collision):
+def _replay_after_collision(engine, request, collision):
     if not request.key:
         raise collision  # not an Idempotency-Key race: a bug, let it surface
-    used = session.execute(select(Order.id, Order.request_digest)
-                           .where(Order.idempotency_key == request.key)).first()
-    session.rollback()
+    with engine.connect() as connection:
+        used = connection.execute(select(Order.id, Order.request_digest)
+                                  .where(Order.idempotency_key == request.key)).first()
     if used is None:
         return errors.Unavailable()
     return Replayed(used[0]) if used[1] == request.digest else errors.IdempotencyMismatch()
-
-
-def encode_answer(answer):
-    """An answer as the JSON a waiting buyer reads from its reply list."""
-    if isinstance(answer, Created):
-        return json.dumps({"created": [answer.hold_id, answer.hold_expires_at.isoformat(),
-                                       answer.created_at.isoformat()]})
-    if isinstance(answer, Replayed):
-        return json.dumps({"replayed": answer.hold_id})
-    return json.dumps({"refused": type(answer).__name__, "message": answer.message,
-                       "details": answer.details})
-
-
-REFUSALS = {cls.__name__: cls for cls in (
-    errors.SoldOut, errors.LimitExceeded, errors.SaleNotOpen, errors.NotFound,
-    errors.IdempotencyMismatch, errors.LockBusy, errors.Unavailable)}
-
-
-def decode_answer(raw):
-    """The Created, Replayed or refusal (an exception instance) a holder answered."""
-    data = json.loads(raw)
-    if "created" in data:
-        hold_id, expires, created = data["created"]
-        return Created(hold_id, datetime.fromisoformat(expires), datetime.fromisoformat(created))
-    if "replayed" in data:
-        return Replayed(data["replayed"])
-    return REFUSALS.get(data["refused"], errors.Unavailable)(data["message"], **data["details"])
 
 
 def answer(redis, product_id, answers, own=None):

@@ -1,14 +1,16 @@
-"""The hold transaction for a batch of buyers, on each backend (`batch_transaction` picks the class).
+"""The hold transaction for batches of buyers, on each backend (`batch_transaction` picks the class).
 
-PostgreSQL (`BatchTransaction`): two messages however many buyers the batch serves.
+PostgreSQL (`BatchTransaction`): two messages however many buyers, and however many products' batches
+(combining.py), the transaction serves.
 
-Under the product's Redis lock the first message is `BEGIN; SELECT ... FOR UPDATE; WITH ...` (the row
-lock, then one statement reading the database clock, the sale, derived stock, the batch's customers'
-units and any Idempotency-Keys already used); the second inserts every accepted order with its
-HOLD_CREATED event in one statement, and COMMITs. PostgreSQL gives each statement of a multi-statement
-message its own snapshot in READ COMMITTED, so the WITH statement, which starts after the row lock was
-granted, sees every hold committed by the previous holder of the lock (reading stock in the FOR UPDATE
-statement itself would use a snapshot from before the wait, and could oversell).
+Under each product's Redis lock the first message is `BEGIN; SELECT ... ORDER BY id FOR UPDATE; WITH ...`
+(the products' row locks, in id order as every transaction here takes them, then one statement reading
+the database clock and, per product, the sale, derived stock and the batch's customers' units, and any
+Idempotency-Keys already used); the second inserts every accepted order with its HOLD_CREATED event in
+one statement, and COMMITs. PostgreSQL gives each statement of a multi-statement message its own
+snapshot in READ COMMITTED, so the WITH statement, which starts after the row locks were granted, sees
+every hold committed by the previous holder of each lock (reading stock in the FOR UPDATE statement
+itself would use a snapshot from before the wait, and could oversell).
 
 Derived stock stays derived: units taken = the product's confirmed units (a counter that only the
 confirming transaction moves, under this same row lock, and that `flask audit` checks against the
@@ -18,7 +20,7 @@ in play, not the sale's history. Which holds count is stock.py's rule, rendered 
 
 SQLite (`SQLiteBatchTransaction`, the quick start): the same interface and the same reads, as SQLAlchemy
 Core statements built from the same stock.py rule. `BEGIN IMMEDIATE` takes SQLite's single writer lock,
-which does what the row lock does on PostgreSQL (for every product at once); SQLite runs in-process, so
+which does what the row locks do on PostgreSQL (for every product at once); SQLite runs in-process, so
 there are no round trips to save.
 """
 
@@ -33,33 +35,38 @@ from . import stock
 from .clock import sqlite_now
 from .ledger import EVENTS, event_row
 
-LOCK_ROW = "SELECT 1 FROM products WHERE id = %(product_id)s FOR UPDATE"
+# In id order, the order every transaction that locks several products' rows takes them (ledger.py).
+SHARED_LOCK_WAIT = "SET LOCAL lock_timeout = '50ms'"
+LOCK_ROWS = "SELECT 1 FROM products WHERE id = ANY(%(product_ids)s) ORDER BY id FOR UPDATE"
 
-READ_SALE = """
+READ_SALES = """
 WITH clock AS (
-    -- clock_timestamp(), not statement_timestamp(): this statement shares a message with the row lock,
-    -- and statement_timestamp() would be when the message arrived, before the wait for the lock. The
-    -- instant *after* the lock was granted is what a buyer's deadline is compared with (line.py).
+    -- clock_timestamp(), not statement_timestamp(): this statement shares a message with the row locks,
+    -- and statement_timestamp() would be when the message arrived, before the wait for the locks. The
+    -- instant *after* the locks were granted is what a buyer's deadline is compared with (batches.py).
     SELECT clock_timestamp() AS now
-), product AS (
-    SELECT total_stock, max_per_customer, sale_starts_at, sale_ends_at, confirmed_units
-    FROM products WHERE id = %(product_id)s
 ), held AS (
-    SELECT COALESCE(SUM(quantity), 0) AS units,
+    SELECT product_id, SUM(quantity) AS units,
            MIN(hold_expires_at) FILTER (WHERE status = 'PENDING') AS earliest
     FROM orders, clock
-    WHERE product_id = %(product_id)s AND {holding}
+    WHERE product_id = ANY(%(product_ids)s) AND {holding}
+    GROUP BY product_id
+), mine AS (
+    SELECT product_id, json_object_agg(customer_email, units) AS units FROM (
+        SELECT product_id, customer_email, SUM(quantity) AS units FROM orders, clock
+        WHERE product_id = ANY(%(product_ids)s) AND customer_email = ANY(%(emails)s::text[])
+          AND {counts}
+        GROUP BY product_id, customer_email) AS by_customer
+    GROUP BY product_id
 )
-SELECT clock.now, product.total_stock, product.max_per_customer, product.sale_starts_at,
-       product.sale_ends_at, product.confirmed_units + held.units, held.earliest,
-       (SELECT COALESCE(json_object_agg(customer_email, units), '{}') FROM (
-            SELECT customer_email, SUM(quantity) AS units FROM orders
-            WHERE product_id = %(product_id)s AND customer_email = ANY(%(emails)s::text[])
-              AND {counts}
-            GROUP BY customer_email) AS mine),
+SELECT clock.now, p.id, p.total_stock, p.max_per_customer, p.sale_starts_at, p.sale_ends_at,
+       p.confirmed_units + COALESCE(held.units, 0), held.earliest, COALESCE(mine.units, '{}'),
        (SELECT COALESCE(json_object_agg(idempotency_key, json_build_array(id, request_digest)), '{}')
         FROM orders WHERE idempotency_key = ANY(%(keys)s::text[]))
-FROM clock, product, held
+FROM clock, products AS p
+LEFT JOIN held ON held.product_id = p.id
+LEFT JOIN mine ON mine.product_id = p.id
+WHERE p.id = ANY(%(product_ids)s)
 """.replace("{holding}", stock.rule_sql(stock.holding_stock, "clock.now")) \
    .replace("{counts}", stock.rule_sql(stock.counts_against_stock, "clock.now"))
 
@@ -67,13 +74,14 @@ INSERT_HOLDS = """
 WITH placed AS (
     INSERT INTO orders (id, product_id, customer_email, quantity, status, hold_expires_at,
                         created_at, idempotency_key, request_digest)
-    SELECT h.id, %(product_id)s, h.email, h.quantity, 'PENDING', %(expires)s, %(now)s, h.key, h.digest
-    FROM unnest(%(ids)s::text[], %(emails)s::text[], %(quantities)s::int[], %(keys)s::text[],
-                %(digests)s::text[]) AS h(id, email, quantity, key, digest)
-    RETURNING id, quantity
+    SELECT h.id, h.product_id, h.email, h.quantity, 'PENDING', h.expires, %(now)s, h.key, h.digest
+    FROM unnest(%(ids)s::text[], %(product_ids)s::int[], %(emails)s::text[], %(quantities)s::int[],
+                %(keys)s::text[], %(digests)s::text[], %(expires)s::timestamptz[])
+         AS h(id, product_id, email, quantity, key, digest, expires)
+    RETURNING id, product_id, quantity
 )
 INSERT INTO inventory_events (product_id, order_id, type, delta, metadata, created_at)
-SELECT %(product_id)s, id, 'HOLD_CREATED', -quantity, '{}', %(now)s FROM placed
+SELECT product_id, id, 'HOLD_CREATED', -quantity, '{}', %(now)s FROM placed
 """
 
 
@@ -94,6 +102,11 @@ class SaleNow:
 
 def _utc(moment):
     return moment.astimezone(timezone.utc) if moment is not None else None
+
+
+def lock_not_available(error):
+    """True when a SQLAlchemy error is PostgreSQL's lock_timeout running out (SHARED_LOCK_WAIT)."""
+    return getattr(error.orig, "pgcode", None) == "55P03"
 
 
 def batch_transaction(engine):
@@ -156,33 +169,39 @@ class BatchTransaction:
         return DBAPIError.instance(None, None, error, dialect.loaded_dbapi.Error,
                                    connection_invalidated=gone, dialect=dialect)
 
-    def lock_and_read(self, product_id, emails, keys, pause=None):
-        """BEGIN, lock the product's row and read the sale for these buyers; None: no such product."""
-        params = {"product_id": product_id, "emails": list(emails), "keys": list(keys)}
+    def lock_and_read(self, product_ids, emails, keys, pause=None, impatient=False):
+        """BEGIN, lock the products' rows and read their sales for these buyers: {product id: SaleNow}
+        (a product that does not exist is missing).
+
+        impatient: wait for a row locked by another transaction only SHARED_LOCK_WAIT, then fail with
+        LockNotAvailable (lock_not_available), so that several products' batches (combining.py) do
+        not all wait on one product's row (batches._serve_apart)."""
+        params = {"product_ids": sorted(product_ids), "emails": list(emails), "keys": list(keys)}
+        begin = f"BEGIN; {SHARED_LOCK_WAIT}" if impatient else "BEGIN"
         self.open = True
         if pause is None:
-            self.cursor.execute(f"BEGIN; {LOCK_ROW}; {READ_SALE}", params)
+            self.cursor.execute(f"{begin}; {LOCK_ROWS}; {READ_SALES}", params)
         else:
-            self.cursor.execute(f"BEGIN; {LOCK_ROW}", params)
+            self.cursor.execute(f"{begin}; {LOCK_ROWS}", params)
             pause()
-            self.cursor.execute(READ_SALE, params)
-        row = self.cursor.fetchone()
-        if row is None:
-            return None
-        now, total, limit, starts, ends, taken, earliest, mine, used = row
-        return SaleNow(_utc(now), total, limit, _utc(starts), _utc(ends), int(taken),
-                       _utc(earliest), {email: int(units) for email, units in mine.items()}, used)
+            self.cursor.execute(READ_SALES, params)
+        return {product_id: SaleNow(_utc(now), total, limit, _utc(starts), _utc(ends), int(taken),
+                                    _utc(earliest), {email: int(units) for email, units in mine.items()},
+                                    used)
+                for now, product_id, total, limit, starts, ends, taken, earliest, mine, used
+                in self.cursor.fetchall()}
 
-    def insert_and_commit(self, product_id, holds, now, expires):
-        """Insert (id, email, quantity, key, digest) holds and their events, and COMMIT, in one message."""
+    def insert_and_commit(self, holds, now):
+        """Insert holds (id, product id, email, quantity, key, digest, expiry) and their events, and
+        COMMIT, in one message."""
         if not holds:
             self.commit()
             return
         columns = list(zip(*holds, strict=True))
         self.cursor.execute(f"{INSERT_HOLDS}; COMMIT", {
-            "product_id": product_id, "now": now, "expires": expires,
-            "ids": list(columns[0]), "emails": list(columns[1]), "quantities": list(columns[2]),
-            "keys": list(columns[3]), "digests": list(columns[4]),
+            "now": now, "ids": list(columns[0]), "product_ids": list(columns[1]),
+            "emails": list(columns[2]), "quantities": list(columns[3]), "keys": list(columns[4]),
+            "digests": list(columns[5]), "expires": list(columns[6]),
         })
         self.open = False
 
@@ -224,13 +243,24 @@ class SQLiteBatchTransaction:
             raise DBAPIError.instance(None, None, exc, dbapi_error, dialect=self.engine.dialect) from exc
         return False
 
-    def lock_and_read(self, product_id, emails, keys, pause=None):
-        """BEGIN IMMEDIATE (the writer lock), then read the sale for these buyers; None: no such product."""
+    def lock_and_read(self, product_ids, emails, keys, pause=None, impatient=False):
+        """BEGIN IMMEDIATE (the writer lock), then read the products' sales for these buyers:
+        {product id: SaleNow} (a product that does not exist is missing). SQLite has no row locks:
+        impatient changes nothing."""
         self.connection.begin()
         if pause is not None:
             pause()
-        # The clock is read after the lock was granted: a buyer's deadline is compared with this (line.py).
+        # The clock is read after the lock was granted: a buyer's deadline is compared with this (batches.py).
         now = sqlite_now()
+        used = self.connection.execute(
+            select(Order.idempotency_key, Order.id, Order.request_digest)
+            .where(Order.idempotency_key.in_(list(keys)))
+        ).all() if keys else []
+        used = {key: [hold_id, digest] for key, hold_id, digest in used}
+        return {product_id: sale for product_id in sorted(product_ids)
+                if (sale := self._read_sale(product_id, emails, now, used)) is not None}
+
+    def _read_sale(self, product_id, emails, now, used):
         product = self.connection.execute(
             select(Product.total_stock, Product.max_per_customer, Product.sale_starts_at,
                    Product.sale_ends_at, Product.confirmed_units).where(Product.id == product_id)
@@ -249,25 +279,20 @@ class SQLiteBatchTransaction:
                    stock.counts_against_stock(now))
             .group_by(Order.customer_email)
         ).all()
-        used = self.connection.execute(
-            select(Order.idempotency_key, Order.id, Order.request_digest)
-            .where(Order.idempotency_key.in_(list(keys)))
-        ).all() if keys else []
         return SaleNow(now, total, limit, starts, ends, confirmed + int(held),
-                       _as_utc(earliest), {email: int(units) for email, units in mine},
-                       {key: [hold_id, digest] for key, hold_id, digest in used})
+                       _as_utc(earliest), {email: int(units) for email, units in mine}, used)
 
-    def insert_and_commit(self, product_id, holds, now, expires):
-        """Insert (id, email, quantity, key, digest) holds and their events, and COMMIT."""
+    def insert_and_commit(self, holds, now):
+        """Insert holds (id, product id, email, quantity, key, digest, expiry) and their events, and COMMIT."""
         if holds:
             self.connection.execute(insert(ORDERS), [
                 {"id": hold_id, "product_id": product_id, "customer_email": email, "quantity": quantity,
                  "status": PENDING, "hold_expires_at": expires, "created_at": now,
                  "idempotency_key": key, "request_digest": digest}
-                for hold_id, email, quantity, key, digest in holds])
+                for hold_id, product_id, email, quantity, key, digest, expires in holds])
             self.connection.execute(insert(EVENTS), [
                 event_row(HOLD_CREATED, hold_id, product_id, quantity, now)
-                for hold_id, _, quantity, _, _ in holds])
+                for hold_id, product_id, _, quantity, _, _, _ in holds])
         self.commit()
 
     def commit(self):

@@ -5,7 +5,7 @@ decides) and PENDING holds whose hold_expires_at is in the future by the databas
 stops counting the instant it lapses whether or not any expiry job has run (invariant 2).
 
 That rule is written once, here, as SQLAlchemy expressions: PostgreSQL's raw SQL of the hot path
-(placement.READ_SALE) is rendered from them (`rule_sql`), SQLite's batch transaction builds its reads
+(placement.READ_SALES) is rendered from them (`rule_sql`), SQLite's batch transaction builds its reads
 from them, and the snapshot's rebuild, the dashboard and the audit use them too. The snapshot's Lua
 (snapshot.READ_SCRIPT) applies the same rule to PENDING units bucketed by expiry second.
 
