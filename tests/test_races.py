@@ -195,6 +195,7 @@ def test_a_lapsed_redis_lock_cannot_oversell_because_the_row_lock_decides(app, m
     second_has_redis_lock = threading.Event()
     releases = []
     real_acquire, real_release = locks.ProductLock.acquire, locks.ProductLock.release
+    real_queue_release = locks.ProductLock.queue_release
 
     def stall_under_row_lock(product_id, email):
         if email == "first@x.io":
@@ -207,14 +208,20 @@ def test_a_lapsed_redis_lock_cannot_oversell_because_the_row_lock_decides(app, m
             second_has_redis_lock.set()
         return result
 
-    def release(self, *more):
-        released = real_release(self, *more)
+    def release(self):
+        released = real_release(self)
         releases.append((threading.current_thread().name, released))
         return released
+
+    def queue_release(self, pipe):
+        read = real_queue_release(self, pipe)
+        name = threading.current_thread().name
+        return lambda replies: releases.append((name, read(replies))) or releases[-1][1]
 
     monkeypatch.setattr(faults, "after_row_lock", stall_under_row_lock)
     monkeypatch.setattr(locks.ProductLock, "acquire", acquire)
     monkeypatch.setattr(locks.ProductLock, "release", release)
+    monkeypatch.setattr(locks.ProductLock, "queue_release", queue_release)
     outcomes = {}
 
     def buy(email):

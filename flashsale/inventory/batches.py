@@ -121,13 +121,15 @@ def _serve_batch(session, redis, product_id, lock, ticket, policy, on_committed)
 
     Returns our own answer, or None when our request was not in this batch (we wait again).
     """
-    requests, answers = [], {}
+    requests = []
     try:
         requests = [Request.decode(raw) for raw in lock.taken]
         if requests:
             pause = faults.pause_under_row_lock(product_id, requests[0].email, policy)
             generation = (lock.read_value or b"0").decode()
-            answers = serve(session, redis, product_id, requests, policy.hold_seconds, generation, pause)
+            answers = serve(session, redis, product_id, requests, policy.hold_seconds, generation, pause,
+                            Finish(product_id, lock, ticket, on_committed))
+            return answers.get(ticket)
     except BaseException:
         _release(lock)
         answer(redis, product_id,
@@ -135,32 +137,57 @@ def _serve_batch(session, redis, product_id, lock, ticket, policy, on_committed)
         if all(r.ticket != ticket for r in requests):
             _leave_queue(lock)
         raise
-    _finish(redis, product_id, lock, answers, ticket, on_committed)
-    return answers.get(ticket)
+    _release(lock)  # nothing was waiting: the queue's entries were taken by a holder before us
+    return None
 
 
-def _finish(redis, product_id, lock, answers, own, on_committed):
-    """After the commit, one round trip: release the lock (waking the next holder), answer the batch's
-    other buyers, move its holds into the stock snapshot, and whatever on_committed queues (the expiry
-    slot). Best effort: the lock lapses after its TTL, buyers without an answer ask the database, the
-    snapshot is rebuilt and the sweeper expires what no slot holds."""
-    created = [a for a in answers.values() if isinstance(a, Created)]
-    after = None
+@dataclass(frozen=True)
+class Finish:
+    """What a holder does after its batch's commit, queued on the round's one pipeline: release the lock
+    (waking the next holder), answer the batch's other buyers, move its holds into the stock snapshot,
+    and whatever on_committed queues (the expiry slot). Best effort: the lock lapses after its TTL,
+    buyers without an answer ask the database, the snapshot is rebuilt and the sweeper expires what no
+    slot holds."""
 
-    def queue_more(pipe):
-        nonlocal after
-        _queue_answers(pipe, product_id, answers, own, created)
-        if created and on_committed:
-            after = on_committed(pipe, [a.hold_id for a in created], created[0].hold_expires_at)
+    product_id: int
+    lock: ProductLock
+    own: str  # the holder's own ticket: its answer is returned, not sent
+    on_committed: object = None
 
-    try:
-        lock.release(queue_more)
-    except RedisError:
-        log.warning("could not release %s nor answer %d buyers; the lock lapses after %d ms",
-                    lock.key, len(answers) - (own in answers), lock.ttl_ms)
+    def queue(self, pipe, answers):
+        """Queue it all on `pipe`; returns what to do with the pipeline's replies."""
+        created = [a for a in answers.values() if isinstance(a, Created)]
+        released = self.lock.queue_release(pipe)
+        _queue_answers(pipe, self.product_id, answers, self.own, created)
+        after = None
+        if created and self.on_committed:
+            after = self.on_committed(pipe, [a.hold_id for a in created], created[0].hold_expires_at)
+
+        def read(replies):
+            if not released(replies):
+                log.warning("%s had lapsed before its holder released it", self.lock.key)
+            if after is not None:
+                after(replies)
+
+        return read
+
+
+def _finish_together(redis, batches, outcomes):
+    """After a round's commit, one round trip for all its batches (Finish)."""
+    finishing = [(b.finish, outcome[0]) for b, outcome in zip(batches, outcomes, strict=True)
+                 if b.finish is not None and not isinstance(outcome, BaseException)]
+    if not finishing:
         return
-    if after is not None:
-        after(lock.replies)
+    try:
+        pipe = redis.pipeline(transaction=False)
+        afters = [finish.queue(pipe, answers) for finish, answers in finishing]
+        replies = lua.execute(pipe)
+    except RedisError:
+        log.warning("could not release %s nor answer their buyers; the locks lapse after %d ms",
+                    ", ".join(finish.lock.key for finish, _ in finishing), finishing[0][0].lock.ttl_ms)
+        return
+    for after in afters:
+        after(replies)
 
 
 def _release(lock):
@@ -185,20 +212,36 @@ class Batch:
     product_id: int
     requests: list
     hold_seconds: int
+    generation: str = "0"  # the product's stock generation, read with the lock (soldout.mark_until)
     pause: object = None  # the fault hook run under the row locks (faults.pause_under_row_lock)
+    finish: Finish | None = None
 
 
-def serve(session, redis, product_id, requests, hold_seconds, generation, pause=None):
-    """Decide and commit a batch of requests under the product's lock; {ticket: answer}.
+def serve(session, redis, product_id, requests, hold_seconds, generation, pause=None, finish=None):
+    """Decide and commit a batch of requests under the product's lock; {ticket: answer}. `finish`, if
+    given, is done after the commit (Finish).
 
     The transaction may serve other products' batches too, handed in by this process's other holders
-    meanwhile (combining.py)."""
+    meanwhile, and finish them all in one round trip (combining.py)."""
     engine = session.get_bind()
-    answers, sold_out = combining.combiner(engine).run(
-        Batch(product_id, requests, hold_seconds, pause), lambda batches: _serve_together(engine, batches))
-    if sold_out is not None:
-        soldout.mark_until(redis, product_id, generation, *sold_out)
+    answers, _ = combining.combiner(engine).run(
+        Batch(product_id, requests, hold_seconds, generation, pause, finish),
+        lambda batches: _serve_and_finish(engine, redis, batches))
     return answers
+
+
+def _serve_and_finish(engine, redis, batches):
+    """A round: its transaction, then each product that sold out marked (before its lock is released,
+    so the buyers queued behind it are refused at once), then the batches finished."""
+    outcomes = _serve_together(engine, batches)
+    for batch, outcome in zip(batches, outcomes, strict=True):
+        if not isinstance(outcome, BaseException) and outcome[1] is not None:
+            soldout.mark_until(redis, batch.product_id, batch.generation, *outcome[1])
+    try:
+        _finish_together(redis, batches, outcomes)
+    except Exception:  # noqa: BLE001 - the holds are committed: a buyer left unanswered asks the database
+        log.exception("could not finish a round of %d batches", len(batches))
+    return outcomes
 
 
 def _serve_together(engine, batches, impatient=None):

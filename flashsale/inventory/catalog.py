@@ -3,7 +3,7 @@
 import re
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import or_, select
 
@@ -94,7 +94,10 @@ def sale_info(session, ref):
     The read that refreshes `ref` refreshes, in the same query, every product this process holds whose
     read is past half its life: over a sale of 100 products each process then reads the catalog about
     once per CACHE_SECONDS instead of once per product (which sent a quarter of the buyers through Flask).
-    Taking the half-expired too merges products first read at different moments into one refresh.
+    Taking the half-expired too merges products first read at different moments into one refresh. And
+    the read for a product the process has not read yet also brings every other sale open now (or
+    within OPENING_SOON_SECONDS) that it has not read, so a process meets a drop of 100 products with
+    one read, not one per product, each through Flask.
     """
     ref, now = str(ref), time.monotonic()
     hit = _cache.get(ref)
@@ -102,16 +105,22 @@ def sale_info(session, ref):
         return hit[1]
     named = product_filter(ref)
     due = now + CACHE_SECONDS / 2
-    ageing = sorted({info.id for expires, info in list(_cache.values()) if expires <= due})[:MAX_REFRESH]
-    products = session.execute(select(Product).where(or_(named, Product.id.in_(ageing)))).scalars().all()
+    cached = list(_cache.values())
+    wanted = or_(named, Product.id.in_(sorted({info.id for expires, info in cached if expires <= due})[:MAX_REFRESH]))
+    if hit is None:
+        wall = datetime.now(timezone.utc)
+        wanted = or_(wanted, Product.id.in_(
+            select(Product.id).where(Product.sale_ends_at > wall,
+                                     Product.sale_starts_at <= wall + timedelta(seconds=OPENING_SOON_SECONDS),
+                                     Product.id.notin_({info.id for _, info in cached}))
+            .order_by(Product.sale_starts_at).limit(MAX_REFRESH)))
+    rows = session.execute(select(*SALE_COLUMNS).where(wanted)).all()
     expires = time.monotonic() + CACHE_SECONDS
     found = None
-    for product in products:
-        info = SaleInfo(product.id, product.slug, product.total_stock, product.max_per_customer,
-                        product.sale_starts_at, product.sale_ends_at, bool(product.waiting_room),
-                        product.admission_rate)
-        _cache[str(product.id)] = _cache[product.slug] = (expires, info)
-        if _names(ref, product):
+    for row in rows:
+        info = SaleInfo(*row[:6], bool(row.waiting_room), row.admission_rate)
+        _cache[str(info.id)] = _cache[info.slug] = (expires, info)
+        if _names(ref, info):
             found = info
     if found is None:
         raise NotFound("No such product.")
@@ -119,8 +128,13 @@ def sale_info(session, ref):
     return found
 
 
+SALE_COLUMNS = (Product.id, Product.slug, Product.total_stock, Product.max_per_customer, Product.sale_starts_at,
+                Product.sale_ends_at, Product.waiting_room, Product.admission_rate)
+OPENING_SOON_SECONDS = 60
+
+
 def _names(ref, product):
-    """True when `ref` (an id or a slug, as product_filter reads it) names `product`."""
+    """True when `ref` (an id or a slug, as product_filter reads it) names `product` (a Product or SaleInfo)."""
     by_id, value = _parsed(ref)
     return (product.id if by_id else product.slug) == value
 

@@ -112,7 +112,6 @@ class ProductLock:
         self.queue_entry, self.reply_key = queue_entry, reply_key
         self.held, self.reply = False, None
         self.batch, self.taken = batch, []
-        self.replies = []  # the replies of the pipeline that carried release(queue_more)
         self._started = self._deadline = None
         self._in_queue = False
         self.joined = False  # this buyer's entry went into the queue (a holder may have served it)
@@ -200,22 +199,21 @@ class ProductLock:
         """Take this buyer's own entry out of the queue if it is still there; True when it was."""
         return bool(self.queue_entry and self.redis.lrem(self.queue_key, 1, self.queue_entry))
 
-    def release(self, queue_more=None):
-        """Delete the lock only if this holder still owns it; True when it did.
-
-        queue_more(pipe), if given, queues further commands on the pipeline that carries the release,
-        so they go in the same round trip; the pipeline's replies (the release's first) are then kept in
-        `replies`.
-        """
+    def release(self):
+        """Delete the lock only if this holder still owns it; True when it did."""
         self.held = False
-        release = ([self.key, self.wake_key], [self.token, self.ttl_ms])
-        if queue_more is None:
-            return bool(RELEASE_SCRIPT(self.redis, *release))
-        pipe = self.redis.pipeline(transaction=False)
-        RELEASE_SCRIPT.queue(pipe, *release)
-        queue_more(pipe)
-        self.replies = lua.execute(pipe)
-        return bool(self.replies[0])
+        return bool(RELEASE_SCRIPT(self.redis, *self._release_arguments()))
+
+    def queue_release(self, pipe):
+        """Queue the release on a pipeline (run with lua.execute) that carries other commands too: one
+        round trip. Returns what reads its reply: True when this holder still owned the lock."""
+        self.held = False
+        index = len(pipe.command_stack)
+        RELEASE_SCRIPT.queue(pipe, *self._release_arguments())
+        return lambda replies: bool(replies[index])
+
+    def _release_arguments(self):
+        return [self.key, self.wake_key], [self.token, self.ttl_ms]
 
     def __enter__(self):
         return self.acquire()
