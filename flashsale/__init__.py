@@ -17,7 +17,7 @@ def create_app(config_object=Config, **overrides):
     from .worker import webhook_settings
 
     webhook_settings.check_settings(app.config)  # a malformed WEBHOOK_URLS or WEBHOOK_SECRET: refuse, naming it
-    from . import admin, api, cli, database, gates, shop, web
+    from . import admin, api, cli, database, gates, metrics, shop, web
     from .extensions import redis_store
 
     database.init_app(app)
@@ -27,6 +27,7 @@ def create_app(config_object=Config, **overrides):
         blueprint.init_app(app)
     cli.init_app(app)
     gates.install(app)
+    metrics.batch_recordings(app.config["METRICS_BATCH_SECONDS"])  # per process: the last app's setting
     return app
 
 

@@ -1,13 +1,21 @@
 """Counters, latency samples and time series in Redis, so every web process and worker agrees.
 
-Recording costs one round trip (a Lua script). Time series are a ring of BUCKET_SECONDS buckets that expire
-after WINDOW_BUCKETS buckets, so nothing grows without bound. Gauges that are not events (available
-stock per product, latency percentiles) are sampled into the same ring of buckets whenever the metrics
-are read, so the dashboard's poll is what draws their history.
+Recording costs one round trip (a Lua script), or none where a process batches its recordings
+(METRICS_BATCH_SECONDS: web processes and workers write theirs every quarter second, before they read
+the metrics themselves, and when they end; one killed outright loses at most that much). Time series
+are a ring of BUCKET_SECONDS buckets that expire after WINDOW_BUCKETS buckets, so nothing grows
+without bound. Gauges that are not events (available stock per product, latency percentiles) are
+sampled into the same ring of buckets whenever the metrics are read, so the dashboard's poll is what
+draws their history.
 """
 
+import atexit
+import collections
 import logging
 import math
+import multiprocessing.util
+import os
+import threading
 import time
 
 from redis.exceptions import RedisError
@@ -51,14 +59,19 @@ end
 """
 
 # KEYS = totals, bucket, started, ring keys...; ARGV = bucket_ttl, now, samples, n_outcomes,
-# outcome/count pairs..., one value per ring key.
+# outcome/count pairs..., then how many values each ring key gets, then those values in ring order.
 RECORD_SCRIPT = lua.Script(RECORD_LUA + """
 local n = tonumber(ARGV[4])
 local outcomes, rings = {}, {}
 for i = 1, 2 * n do outcomes[i] = ARGV[4 + i] end
+local counts = 4 + 2 * n
+local at = counts + #KEYS - 3
 for k = 4, #KEYS do
-  rings[#rings + 1] = KEYS[k]
-  rings[#rings + 1] = ARGV[4 + 2 * n + k - 3]
+  for _ = 1, tonumber(ARGV[counts + k - 3]) do
+    at = at + 1
+    rings[#rings + 1] = KEYS[k]
+    rings[#rings + 1] = ARGV[at]
+  end
 end
 record(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], outcomes, rings, tonumber(ARGV[3]))
 """)
@@ -77,19 +90,116 @@ def recording_args(now=None):
 def record_outcome(redis, outcome, count=1, latency_ms=None, lock_wait_ms=None, payment_ms=None,
                    also=()):
     """Count one outcome (and optionally its latencies) in the totals and the current bucket: one
-    round trip.
+    round trip, or none where this process batches its recordings (batch_recordings).
 
     also: further outcomes counted once each in the same round trip (a reconciled confirmation).
     """
-    outcomes = [outcome, count, *(x for extra in also for x in (extra, 1))]
-    rings = [(keys.metrics(ring), round(value, 2)) for ring, value in
-             (("latency", latency_ms), ("lock_wait", lock_wait_ms), ("payment", payment_ms))
-             if value is not None]
-    try:
-        RECORD_SCRIPT(redis, [*recording_keys(), *(k for k, _ in rings)],
-                      [*recording_args(), len(outcomes) // 2, *outcomes, *(v for _, v in rings)])
-    except RedisError:
-        log.warning("metrics not recorded (%s): Redis unavailable", outcome)
+    outcomes = [(outcome, count), *((extra, 1) for extra in also)]
+    samples = [(keys.metrics(ring), round(value, 2)) for ring, value in
+               (("latency", latency_ms), ("lock_wait", lock_wait_ms), ("payment", payment_ms))
+               if value is not None]
+    batch = _batch
+    if batch is not None:
+        batch.add(redis, outcomes, samples)
+        return
+    counts = collections.Counter()
+    for name, n in outcomes:
+        counts[name] += n
+    _write(redis, {_bucket(): counts}, {key: [value] for key, value in samples})
+
+
+def _write(redis, buckets, samples):
+    """Add {bucket: {outcome: count}} and {ring key: [values]} to Redis: one script call per bucket."""
+    last = max(buckets)
+    for bucket in sorted(buckets):
+        rings = samples if bucket == last else {}
+        outcomes = [x for pair in buckets[bucket].items() for x in pair]
+        try:
+            RECORD_SCRIPT(redis, [*recording_keys(bucket * BUCKET_SECONDS), *rings],
+                          [*recording_args(), len(outcomes) // 2, *outcomes,
+                           *(len(values) for values in rings.values()),
+                           *(value for values in rings.values() for value in values)])
+        except RedisError:
+            log.warning("metrics not recorded (%s): Redis unavailable", ", ".join(buckets[bucket]))
+
+
+class _Batch:
+    """This process's recordings on their way to Redis, written every `seconds` by a thread of its own,
+    before this process reads the metrics, and when it exits: a hold's request then makes no round
+    trip for its metrics, and the counts land in the bucket of the moment they were recorded."""
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+        self._lock = threading.Lock()
+        self._pending = {}  # id(redis) -> (redis, {bucket: Counter}, {ring key: [values]})
+        self._stopped = threading.Event()
+        self._thread = None
+
+    def add(self, redis, outcomes, samples):
+        with self._lock:
+            entry = self._pending.get(id(redis))
+            if entry is None:
+                entry = self._pending[id(redis)] = (redis, {}, {})
+            counts = entry[1].setdefault(_bucket(), collections.Counter())
+            for outcome, count in outcomes:
+                counts[outcome] += count
+            for key, value in samples:
+                entry[2].setdefault(key, []).append(value)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, daemon=True, name="metrics-batch")
+                self._thread.start()
+                # What is left is written when the process ends: through the interpreter's exit, or
+                # the finalizers of a multiprocessing child (granian's workers), which skips atexit.
+                atexit.register(self.flush)
+                multiprocessing.util.Finalize(self, self.flush, exitpriority=0)
+
+    def flush(self):
+        """Write everything recorded so far."""
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        for redis, buckets, samples in pending.values():
+            _write(redis, buckets, samples)
+
+    def stop(self):
+        self._stopped.set()
+        self.flush()
+
+    def _run(self):
+        while not self._stopped.wait(self.seconds):
+            try:
+                self.flush()
+            except Exception:  # noqa: BLE001 - the thread must outlive any one bad write
+                log.exception("metrics batch not written")
+
+
+_batch = None
+
+
+def batch_recordings(seconds):
+    """From now on this process writes its recordings every `seconds` instead of one round trip each
+    (0: one round trip each again, after writing what is pending)."""
+    global _batch
+    previous, _batch = _batch, (_Batch(seconds) if seconds > 0 else None)
+    if previous is not None:
+        previous.stop()
+
+
+def flush():
+    """Write this process's pending recordings now (before it reads the metrics)."""
+    batch = _batch
+    if batch is not None:
+        batch.flush()
+
+
+def _forget_in_child():
+    # A forked child starts with nothing pending: its parent writes its own, and the child's lock and
+    # thread must be new ones.
+    global _batch
+    if _batch is not None:
+        _batch = _Batch(_batch.seconds)
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def record_payment(redis, settled, reconciled=False):
@@ -119,6 +229,7 @@ def percentiles(samples, points=(50, 95, 99)):
 
 def snapshot(redis, buckets=WINDOW_BUCKETS, now=None):
     """Totals, per-bucket series and latency percentiles, as the dashboard reads them."""
+    flush()
     now_bucket = _bucket(now)
     pipe = redis.pipeline(transaction=False)
     pipe.hgetall(keys.metrics("totals"))

@@ -94,9 +94,9 @@ def test_every_outcome_the_app_records_is_exposed():
 
 
 def test_the_hold_counter_moves_by_exactly_one_per_hold_placed_across_processes(app, make_product):
-    """Two web processes and a worker: after each hold placed, a scrape (of whichever process answers)
-    shows created one higher; a sold-out refusal moves sold_out, not created; a paid confirmation moves
-    accepted and then captured by one each."""
+    """Two web processes and a worker: after each hold placed, the scrapes (of whichever process answers)
+    show created one higher within the batching interval, never more; a sold-out refusal moves sold_out,
+    not created; a paid confirmation moves accepted and then captured by one each."""
     make_product(slug="drop", total_stock=4, max_per_customer=1)
     with LiveServer(DATABASE_URL, TestConfig.REDIS_URL, workers=2, threads=4, with_worker=True,
                     ADMIN_TOKEN=TOKEN) as server:
@@ -115,9 +115,13 @@ def test_the_hold_counter_moves_by_exactly_one_per_hold_placed_across_processes(
             answer = hold(server.url, "drop", f"b{i}@example.com")
             assert answer.status == 201
             holds.append(answer.body["id"])
+            # The process that placed it writes its counts every METRICS_BATCH_SECONDS (0.25).
+            wait_until(lambda n=start + i + 1: created() >= n, 10, message=f"hold {i + 1} in the scrape")
             assert created() == start + i + 1
         sold_out_before = value(scrape(), "flashsale_holds_total", outcome="sold_out")
         assert hold(server.url, "drop", "late@example.com").code == "sold_out"
+        wait_until(lambda: value(scrape(), "flashsale_holds_total", outcome="sold_out") > sold_out_before, 10,
+                   message="the refusal in the scrape")
         after = scrape()
         assert value(after, "flashsale_holds_total", outcome="created") == start + 4
         assert value(after, "flashsale_holds_total", outcome="sold_out") == sold_out_before + 1
