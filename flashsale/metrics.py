@@ -102,6 +102,10 @@ def record_outcome(redis, outcome, count=1, latency_ms=None, lock_wait_ms=None, 
     if batch is not None:
         batch.add(redis, outcomes, samples)
         return
+    _write_now(redis, outcomes, samples)
+
+
+def _write_now(redis, outcomes, samples):
     counts = collections.Counter()
     for name, n in outcomes:
         counts[name] += n
@@ -136,6 +140,9 @@ class _Batch:
         self._thread = None
 
     def add(self, redis, outcomes, samples):
+        if self._stopped.is_set():  # batching was switched off after this call picked the batch up
+            _write_now(redis, outcomes, samples)
+            return
         with self._lock:
             entry = self._pending.get(id(redis))
             if entry is None:
