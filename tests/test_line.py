@@ -264,3 +264,33 @@ def test_a_placed_hold_is_answered_without_reading_it_back(app, make_product):
         db.session.remove()
     assert statements == []
     assert answer["status"] == "PENDING" and answer["confirmation_requested_at"] is None
+
+
+def test_a_placed_hold_is_the_row_as_the_database_holds_it(app, make_product):
+    """Built without its constructor, the answer's Order has every column as read back, and joins a
+    session as that row: no INSERT or UPDATE when the session flushes."""
+    from sqlalchemy import event, inspect
+
+    from flashsale.extensions import db, redis_store
+    from flashsale.models import Order
+
+    make_product(slug="as-row", total_stock=5, max_per_customer=2)
+    with app.app_context():
+        placed = holds.place_hold(db.session, redis_store.client, "as-row", "r@x.io", 2, holds.HoldPolicy(),
+                                  idempotency_key="k-as-row")
+        built = {c.key: getattr(placed.hold, c.key) for c in inspect(Order).column_attrs}
+        assert inspect(placed.hold).detached
+        stored = db.session.get(Order, placed.hold.id, populate_existing=True)
+        assert built == {c.key: getattr(stored, c.key) for c in inspect(Order).column_attrs}
+        db.session.expunge(stored)
+        statements = []
+        listener = lambda *args: statements.append(args[2])  # noqa: E731 - (conn, cursor, statement, ...)
+        event.listen(db.engine, "before_cursor_execute", listener)
+        try:
+            db.session.add(placed.hold)
+            db.session.flush()
+        finally:
+            event.remove(db.engine, "before_cursor_execute", listener)
+        db.session.rollback()
+        db.session.remove()
+    assert not any(s.lstrip().upper().startswith(("INSERT", "UPDATE")) for s in statements)
