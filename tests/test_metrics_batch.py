@@ -39,6 +39,7 @@ def count_commands(redis, monkeypatch):
 
 def test_a_batched_recording_makes_no_round_trip_and_a_read_here_writes_it_first(redis, batching,
                                                                                  monkeypatch):
+    redis.script_load(metrics.RECORD_SCRIPT.source)  # as on a server that has run it once
     sent = count_commands(redis, monkeypatch)
     metrics.record_outcome(redis, "created", latency_ms=3.2, lock_wait_ms=0.4)
     metrics.record_outcome(redis, "created", latency_ms=4.5)
