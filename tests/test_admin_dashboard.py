@@ -130,24 +130,6 @@ def test_gauge_series_keeps_one_point_per_bucket_and_leaves_gaps_unsampled(redis
     assert series[1]["latency"] == {"p50": 1.5}
 
 
-def test_recording_an_outcome_is_one_round_trip(redis, monkeypatch):
-    metrics.record_outcome(redis, "created")  # the script is loaded once per server, then EVALSHA
-    sent = []
-    original = type(redis).execute_command
-
-    def counting(self, *args, **kwargs):
-        sent.append(args[0])
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(type(redis), "execute_command", counting)
-    metrics.record_outcome(redis, "created", latency_ms=3.2, lock_wait_ms=0.4, also=("reconciled",))
-    assert sent == ["EVALSHA"]
-    totals = metrics.snapshot(redis)["totals"]
-    assert totals["created"] == 2 and totals["reconciled"] == 1
-    assert [float(x) for x in redis.lrange("fs:metrics:latency", 0, -1)] == [3.2]
-    assert [float(x) for x in redis.lrange("fs:metrics:lock_wait", 0, -1)] == [0.4]
-
-
 def test_with_admin_token_the_dashboard_and_metrics_need_it(client, admin_token):
     assert client.get("/admin/", headers={"Accept": "text/html"}).status_code == 404
     assert client.get("/admin/metrics").status_code == 404

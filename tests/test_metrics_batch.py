@@ -1,4 +1,5 @@
-"""Batched metrics (METRICS_BATCH_SECONDS): no round trip per recording, nothing lost or counted twice."""
+"""Recording metrics: one round trip each, or batched per process (METRICS_BATCH_SECONDS) with no round
+trip per recording, nothing lost or counted twice."""
 
 import logging
 import multiprocessing
@@ -35,6 +36,17 @@ def count_commands(redis, monkeypatch):
 
     monkeypatch.setattr(type(redis), "execute_command", counting)
     return sent
+
+
+def test_recording_an_outcome_is_one_round_trip(redis, monkeypatch):
+    metrics.record_outcome(redis, "created")  # the script is loaded once per server, then EVALSHA
+    sent = count_commands(redis, monkeypatch)
+    metrics.record_outcome(redis, "created", latency_ms=3.2, lock_wait_ms=0.4, also=("reconciled",))
+    assert sent == ["EVALSHA"]
+    totals = metrics.snapshot(redis)["totals"]
+    assert totals["created"] == 2 and totals["reconciled"] == 1
+    assert [float(x) for x in redis.lrange("fs:metrics:latency", 0, -1)] == [3.2]
+    assert [float(x) for x in redis.lrange("fs:metrics:lock_wait", 0, -1)] == [0.4]
 
 
 def test_a_batched_recording_makes_no_round_trip_and_a_read_here_writes_it_first(redis, batching,
