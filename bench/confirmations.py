@@ -178,12 +178,11 @@ def one_round(args, conn, n, log):
                 name = f"workers{count}"
                 profiler = None
                 if args.profile and count == 1:
-                    # BENCH_PROFILE=gil: only the thread holding the GIL (Python CPU), as in bench/run.py.
-                    mode = {"gil": ["--gil"], "idle": ["--idle"]}.get(os.environ.get("BENCH_PROFILE", ""), [])
+                    mode, mode_name = run.profile_mode()
                     profiler = subprocess.Popen(
                         [str(BIN / "py-spy"), "record", "--pid", str(procs[0].pid), *mode, "--format", "raw",
                          "--rate", "200", "--duration", "6", "--output",
-                         str(RESULTS / f"profile-worker-{os.environ.get('BENCH_PROFILE', 'cpu')}-r{n}.txt")],
+                         str(RESULTS / f"profile-worker-{mode_name}-r{n}.txt")],
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                     time.sleep(0.5)
                 result[name] = confirm_all(conn, url, args.confirms, f"{tag}w{count}")

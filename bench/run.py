@@ -263,13 +263,19 @@ def run_burst_watched(args, conn, app_url, app_proc, tag, result):
           f"{w['polls_per_s']:.0f}/s, pace p50 {w['pace_p50_s']} s, statuses {w['statuses']}", flush=True)
 
 
+def profile_mode():
+    """py-spy's options and the file-name word for BENCH_PROFILE: gil, only threads holding the GIL
+    (Python CPU); idle, wall clock with waits included; unset, py-spy's default (cpu)."""
+    name = os.environ.get("BENCH_PROFILE", "cpu")
+    return {"gil": ["--gil"], "idle": ["--idle"]}.get(name, []), name
+
+
 def start_profile(args, scenario, server_pid, n):
     """py-spy on the app's web server (master and workers) for this scenario, as collapsed stacks."""
     if args.profile != scenario:
         return None
-    out = RESULTS / f"profile-{scenario}-{os.environ.get('BENCH_PROFILE', 'cpu')}-r{n}.txt"
-    # BENCH_PROFILE=gil: only threads holding the GIL (Python CPU); idle: wall clock, waits included.
-    mode = {"gil": ["--gil"], "idle": ["--idle"]}.get(os.environ.get("BENCH_PROFILE", ""), [])
+    mode, name = profile_mode()
+    out = RESULTS / f"profile-{scenario}-{name}-r{n}.txt"
     return subprocess.Popen([str(BIN / "py-spy"), "record", "--pid", str(server_pid), *mode,
                              "--subprocesses", "--format", "raw", "--rate", "200",
                              "--duration", str(args.seconds), "--output", str(out)],

@@ -106,10 +106,14 @@ def record_outcome(redis, outcome, count=1, latency_ms=None, lock_wait_ms=None, 
 
 
 def _write_now(redis, outcomes, samples):
-    counts = collections.Counter()
-    for name, n in outcomes:
-        counts[name] += n
-    _write(redis, {_bucket(): counts}, {key: [value] for key, value in samples})
+    _write(redis, {_bucket(): _tally(collections.Counter(), outcomes)}, {key: [value] for key, value in samples})
+
+
+def _tally(counts, outcomes):
+    """Add (outcome, count) pairs to a Counter; returns it."""
+    for outcome, count in outcomes:
+        counts[outcome] += count
+    return counts
 
 
 def _write(redis, buckets, samples):
@@ -147,9 +151,7 @@ class _Batch:
             entry = self._pending.get(id(redis))
             if entry is None:
                 entry = self._pending[id(redis)] = (redis, {}, {})
-            counts = entry[1].setdefault(_bucket(), collections.Counter())
-            for outcome, count in outcomes:
-                counts[outcome] += count
+            _tally(entry[1].setdefault(_bucket(), collections.Counter()), outcomes)
             for key, value in samples:
                 entry[2].setdefault(key, []).append(value)
             if self._thread is None:
